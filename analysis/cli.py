@@ -1,0 +1,131 @@
+"""The ``workbench`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="interp-workbench: successor heads, steering vectors, arithmetic circuits.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+APP_HOME = Path(__file__).resolve().parent.parent / "app" / "Home.py"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+
+
+def _split(value: Optional[str]) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+@app.command()
+def heads(
+    model: Optional[str] = typer.Option(None, "--model", help="One model: alias, hub id, folder or .gguf file."),
+    models: Optional[str] = typer.Option(None, "--models", help="Several models, comma-separated."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (default: all)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all)."),
+    out: Path = typer.Option(Path("results"), "--out", help="Folder for the result files."),
+    top: int = typer.Option(10, "--top", help="Heads shown per method and kept in the ranking."),
+    force: bool = typer.Option(False, "--force", help="Recompute results that are already complete."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does."),
+) -> None:
+    """Score every attention head of each model on every ordinal task and rank them."""
+    from analysis.batch import HeadsJob, is_complete, read_result, result_paths, run_heads_for_model
+    from analysis.models import DEFAULT_MODEL, ModelLoadError
+    from analysis.successor import METHODS
+    from probes.ordinal import TaskError, get_tasks
+
+    _setup_logging(verbose)
+    names = _split(models) + ([model] if model else [])
+    names = list(dict.fromkeys(names)) or [DEFAULT_MODEL]
+    try:
+        task_list = get_tasks(_split(tasks))
+    except TaskError as error:
+        raise typer.BadParameter(str(error), param_hint="--tasks") from error
+    method_list = tuple(_split(methods)) or METHODS
+    unknown = [name for name in method_list if name not in METHODS]
+    if unknown:
+        raise typer.BadParameter(f"unknown method(s) {', '.join(unknown)}; use {', '.join(METHODS)}",
+                                 param_hint="--methods")
+    if top < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--top")
+    job = HeadsJob(tuple(task.name for task in task_list), method_list, top)
+    out.mkdir(parents=True, exist_ok=True)
+
+    failures = 0
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        overall = bar.add_task("models", total=len(names))
+        for name in names:
+            json_path, csv_path = result_paths(out, name)
+            if not force and is_complete(json_path, job):
+                console.print(f"[dim]{name}: result already complete in {json_path}, skipped[/dim]")
+                result = read_result(json_path)
+            else:
+                def step(label: str, name: str = name) -> None:
+                    bar.update(overall, description=f"{name}: {label}")
+                try:
+                    result = run_heads_for_model(name, task_list, job, out, progress=step)
+                except ModelLoadError as error:
+                    console.print(f"[red]{name}: {error}[/red]")
+                    failures += 1
+                    bar.advance(overall)
+                    continue
+            bar.advance(overall)
+            _print_result(result, json_path, csv_path)
+
+    if failures:
+        raise typer.Exit(code=1)
+
+
+def _print_result(result: dict, json_path: Path, csv_path: Path) -> None:
+    model_name = result["model"]["name"]
+    for task in result["tasks"]:
+        if task["dropped"]:
+            console.print(f"{model_name}: task {task['name']}: kept {len(task['items'])}, "
+                          f"dropped {len(task['dropped'])} items that are not one token")
+    for method, ranks in result["ranking"].items():
+        units = result["methods"][method]["units"]
+        table = Table(title=f"{model_name}: top heads by {method} ({units}, mean over tasks)")
+        table.add_column("rank", justify="right")
+        table.add_column("head")
+        table.add_column("mean", justify="right")
+        table.add_column("best task")
+        for rank, head in enumerate(ranks, start=1):
+            best = max(head["per_task"], key=head["per_task"].get)
+            table.add_row(str(rank), head["label"], f"{head['mean_score']:.3f}",
+                          f"{best} ({head['per_task'][best]:.2f})")
+        console.print(table)
+    console.print(f"Wrote {json_path} and {csv_path}")
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(8501, "--port", help="Port to listen on."),
+    address: str = typer.Option("127.0.0.1", "--address", help="Interface to bind; 0.0.0.0 exposes it to the network."),
+    results: Path = typer.Option(Path("results"), "--results", help="Folder of head-search results to show."),
+) -> None:
+    """Start the Streamlit dashboard (localhost only unless --address says otherwise)."""
+    env = dict(os.environ, INTERP_WORKBENCH_RESULTS=str(results.resolve()))
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_HOME),
+               "--server.address", address, "--server.port", str(port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none"]
+    console.print(f"Dashboard on http://{address}:{port}")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""What we probe with: ordinal task sets, demonstration sets, arithmetic data."""
