@@ -1,0 +1,108 @@
+"""Dashboard home: pick a model, see what is loaded and which head-search results are cached.
+
+Started by ``workbench dashboard`` (or ``streamlit run app/Home.py``); the
+pages in ``app/pages/`` read the chosen model from ``st.session_state``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import state
+from analysis.models import model_info
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_CHARS = 12  # enough to tell weights apart by eye
+
+st.set_page_config(page_title="interp-workbench", layout="wide")
+st.title("interp-workbench")
+st.markdown(
+    "A workbench for mechanistic interpretability. Pick a model here, then open "
+    "**Successor heads** in the sidebar to see which attention heads map an ordinal "
+    "item (Monday, 3, March) to the next one."
+)
+
+
+# -- model picker ---------------------------------------------------------------
+
+results_folder = state.results_dir()
+results = state.list_result_files(results_folder)
+choices = state.model_choices(results)
+current = state.selected_model()
+
+st.subheader("Model")
+left, right = st.columns(2)
+choice = left.selectbox(
+    "Known model",
+    choices,
+    index=choices.index(current) if current in choices else 0,
+    help="The built-in default, plus every model with a complete result file in the results folder.",
+)
+typed = right.text_input(
+    "…or a local model folder or .gguf file",
+    value="" if current in choices else current,
+    placeholder="/path/to/hf-folder or /path/to/model.gguf",
+    help="A Hugging Face folder (config.json plus weights) or a GGUF file. Overrides the known model when set.",
+).strip()
+
+if typed and not Path(typed).expanduser().exists():
+    # Checked here because load_model would treat an unknown path as a hub id and try the network.
+    st.error(f"No file or folder at {typed!r}. Enter the path of a Hugging Face model folder or a .gguf file.")
+    st.stop()
+
+name = typed or choice
+state.select_model(name)
+
+
+# -- what is loaded -------------------------------------------------------------
+
+model = state.load_model_or_stop(name)
+info = model_info(model)
+
+columns = st.columns(4)
+columns[0].metric("Name", info.name)
+columns[1].metric("Source", info.source)
+columns[2].metric("Fingerprint", info.fingerprint[:FINGERPRINT_CHARS], help=info.fingerprint)
+columns[3].metric("Layers x heads", f"{model.cfg.n_layers} x {model.cfg.n_heads}")
+if info.path:
+    st.caption(f"Weights: {info.path}")
+
+st.page_link("pages/1_Successor_heads.py", label="Open the successor-head search", icon="➡️")
+
+
+# -- cached results -------------------------------------------------------------
+
+st.subheader("Cached head-search results")
+st.caption(f"Results folder: {results_folder.resolve()} (set with `workbench dashboard --results DIR`).")
+
+if not results:
+    st.info(
+        "No result files here. Run `workbench heads --model NAME --out DIR` to write one; "
+        "without it the dashboard computes the scores itself (a few seconds per model)."
+    )
+else:
+    table = pd.DataFrame([
+        {
+            "file": result.path.name,
+            "model": result.model_name or "?",
+            "source": result.source or "?",
+            "fingerprint": result.fingerprint[:FINGERPRINT_CHARS],
+            "tasks": len(result.tasks),
+            "methods": ", ".join(result.methods),
+            "seconds": result.seconds,
+            "status": "complete" if result.usable else "incomplete, unreadable or an older format",
+            "in picker": result.reloadable,
+        }
+        for result in results
+    ])
+    st.dataframe(table, hide_index=True)
+    if any(result.usable and not result.reloadable for result in results):
+        st.caption(
+            "Models from a .gguf file are listed by the file's stem, which cannot be loaded "
+            "again; enter the .gguf path above to use their result file."
+        )
