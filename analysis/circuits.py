@@ -123,7 +123,11 @@ def resid_pre_alone(model: TransformerBridge, token_ids: list[int]) -> Float[Ten
     prefix = bos_prefix(model)
     tokens = torch.tensor([prefix + [t] for t in token_ids], device=model.cfg.device)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names, prepend_bos=False)
+    # Stopping after the last block skips the unembedding, the costliest matmul
+    # for a large vocabulary (Gemma 3: 262k tokens) and one we do not need.
+    _, cache = model.run_with_cache(
+        tokens, names_filter=lambda name: name in names, prepend_bos=False, stop_at_layer=model.cfg.n_layers
+    )
     return torch.stack([cache[name][:, -1, :] for name in names])
 
 

@@ -210,12 +210,16 @@ def contextual_dla(model: TransformerBridge, task: TokenizedTask) -> list[list[f
     input_ids = torch.tensor([prefix + tokens], device=model.cfg.device)
     names = {f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)}
     names |= {f"blocks.{layer}.ln1_post.hook_in" for layer in range(model.cfg.n_layers)}
-    names.add("ln_final.hook_in")
-    _, cache = model.run_with_cache(input_ids, names_filter=lambda name: name in names, prepend_bos=False)
+    # The last block's output is what ln_final reads; stopping there skips the unembedding.
+    final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    names.add(final_name)
+    _, cache = model.run_with_cache(
+        input_ids, names_filter=lambda name: name in names, prepend_bos=False, stop_at_layer=model.cfg.n_layers
+    )
 
     positions = torch.tensor([len(prefix) + position for position, _ in targets])
     target_ids = torch.tensor([token for _, token in targets], device=model.cfg.device)
-    final_total = cache["ln_final.hook_in"][0, positions]  # [n_targets, d_model]
+    final_total = cache[final_name][0, positions]  # [n_targets, d_model]
     unembed = model.W_U[:, target_ids]  # [d_model, n_targets]
     _, w_o = per_head_value_weights(model)
 

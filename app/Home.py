@@ -103,6 +103,6 @@ else:
     st.dataframe(table, hide_index=True)
     if any(result.usable and not result.reloadable for result in results):
         st.caption(
-            "Models from a .gguf file are listed by the file's stem, which cannot be loaded "
-            "again; enter the .gguf path above to use their result file."
+            "A model read from a .gguf file is recorded by the file's stem, which cannot be loaded "
+            "again; enter the same .gguf path that was given to `workbench heads` to use its result file."
         )
