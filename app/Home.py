@@ -72,7 +72,7 @@ columns[3].metric("Layers x heads", f"{model.cfg.n_layers} x {model.cfg.n_heads}
 if info.path:
     st.caption(f"Weights: {info.path}")
 
-st.page_link("pages/1_Successor_heads.py", label="Open the successor-head search", icon="➡️")
+st.page_link("pages/1_Successor_heads.py", label="Open the successor-head search", icon=":material/arrow_forward:")
 
 
 # -- cached results -------------------------------------------------------------

@@ -7,15 +7,20 @@ import plotly.graph_objects as go
 from analysis.successor import HeadRank
 
 
-def head_heatmap(grid: list[list[float]], *, title: str, units: str, share: bool) -> go.Figure:
+def head_heatmap(grid: list[list[float]], *, title: str, units: str, chance: float | None) -> go.Figure:
     """Draw a layer x head grid of scores, layer 0 at the top.
 
-    Share-of-items scores use a fixed 0..1 colour range so tasks compare at a
-    glance; logit scores use a diverging scale centred on zero, because a head
-    can push the next item down as well as up.
+    Share-of-items scores (``chance`` given) run from 0 to the larger of the
+    best score and chance, so the few heads above chance stand out even when
+    every score is far below 1. Logit scores use a diverging scale centred on
+    zero, because a head can push the next item down as well as up.
     """
     n_heads = len(grid[0]) if grid else 0
-    colour = dict(zmin=0.0, zmax=1.0, colorscale="Viridis") if share else dict(zmid=0.0, colorscale="RdBu")
+    if chance is None:
+        colour = dict(zmid=0.0, colorscale="RdBu")
+    else:
+        top = max([max(row) for row in grid] + [chance])
+        colour = dict(zmin=0.0, zmax=top if top > 0 else 1.0, colorscale="Viridis")
     heatmap = go.Heatmap(
         z=grid,
         x=[f"H{head}" for head in range(n_heads)],
@@ -27,10 +32,9 @@ def head_heatmap(grid: list[list[float]], *, title: str, units: str, share: bool
     figure = go.Figure(heatmap)
     figure.update_layout(
         title=dict(text=title),
-        xaxis=dict(title=dict(text="head"), side="top"),
+        xaxis=dict(title=dict(text="head")),
         yaxis=dict(title=dict(text="layer"), autorange="reversed"),
-        height=max(320, 26 * len(grid) + 140),
-        margin=dict(t=110),
+        height=max(320, 26 * len(grid) + 160),
     )
     return figure
 

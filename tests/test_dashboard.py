@@ -335,7 +335,7 @@ def test_browser_renders_heatmap(tmp_path: Path, results_dir: Path) -> None:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page = browser.new_page(viewport={"width": 1400, "height": 3000})
                 page.goto(f"http://127.0.0.1:{port}/{SUCCESSOR_URL_PATH}", timeout=60_000)
                 page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_S * 1000)
                 page.wait_for_selector("[data-testid='stDataFrame']", timeout=TIMEOUT_S * 1000)
@@ -343,6 +343,8 @@ def test_browser_renders_heatmap(tmp_path: Path, results_dir: Path) -> None:
                 page.wait_for_selector("[data-testid='stStatusWidget']", state="hidden", timeout=TIMEOUT_S * 1000)
                 heatmaps = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").count()
                 exceptions = page.locator("[data-testid='stException']").count()
+                # Streamlit scrolls inside its own container, so the tall viewport, not
+                # full_page, is what gets the whole page into the screenshot.
                 page.screenshot(path=str(screenshot), full_page=True)
             finally:
                 browser.close()
@@ -356,6 +358,6 @@ def test_browser_renders_heatmap(tmp_path: Path, results_dir: Path) -> None:
     assert heatmaps >= 2  # the heatmap and the top-heads bar chart
     assert exceptions == 0
     assert png.startswith(PNG_SIGNATURE)
-    assert len(png) > 10_000  # a blank 1400-pixel-wide page compresses to far less
+    assert len(png) > 10_000  # a blank page of this size compresses to far less
     assert "Traceback" not in log_text, log_text
     assert not watcher_errors, watcher_errors

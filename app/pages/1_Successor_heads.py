@@ -36,7 +36,7 @@ model_name = state.selected_model()
 model = state.load_model_or_stop(model_name)
 info = model_info(model)
 st.caption(f"Model: **{info.name}** ({info.source}, fingerprint {info.fingerprint[:12]}).")
-st.page_link("Home.py", label="Change the model on Home", icon="🏠")
+st.page_link("Home.py", label="Change the model on Home", icon=":material/home:")
 
 task_names = state.task_names()
 scores, origin = state.head_scores(model_name, task_names)
@@ -66,7 +66,7 @@ if is_ov:
 else:
     title = f"{task_name}: mean direct logit attribution to the next item ({units})"
 grid = scores.scores[method][task_name]
-st.plotly_chart(charts.head_heatmap(grid, title=title, units=units, share=is_ov), key="heatmap")
+st.plotly_chart(charts.head_heatmap(grid, title=title, units=units, chance=task.chance if is_ov else None), key="heatmap")
 
 ranks = state.task_ranking(scores, method, task_name, TOP_HEADS)
 if ranks:
