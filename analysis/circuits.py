@@ -14,10 +14,15 @@ Hugging Face Llama's ``repeat_kv``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
+
+if TYPE_CHECKING:
+    from analysis.store import ActivationStore
 
 
 def n_kv_heads(model: TransformerBridge) -> int:
@@ -117,18 +122,22 @@ def mlp0_embeddings(model: TransformerBridge, token_ids: list[int]) -> Float[Ten
     return captured["mlp_out"][:, 0, :]
 
 
-@torch.no_grad()
-def resid_pre_alone(model: TransformerBridge, token_ids: list[int]) -> Float[Tensor, "layer n d_model"]:
-    """Return ``blocks.{L}.hook_resid_pre`` at each token run alone after BOS, for every layer."""
+def resid_pre_alone(
+    model: TransformerBridge, token_ids: list[int], store: "ActivationStore | None" = None
+) -> Float[Tensor, "layer n d_model"]:
+    """Return ``blocks.{L}.hook_resid_pre`` at each token run alone after BOS, for every layer.
+
+    The activations come from the activation store (computed on a miss).
+    """
+    from analysis.activations import cached_activations
+
     prefix = bos_prefix(model)
-    tokens = torch.tensor([prefix + [t] for t in token_ids], device=model.cfg.device)
     names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
-    # Stopping after the last block skips the unembedding, the costliest matmul
-    # for a large vocabulary (Gemma 3: 262k tokens) and one we do not need.
-    _, cache = model.run_with_cache(
-        tokens, names_filter=lambda name: name in names, prepend_bos=False, stop_at_layer=model.cfg.n_layers
+    entry = cached_activations(
+        model, token_ids=[prefix + [t] for t in token_ids], hooks=names, positions="last",
+        store=store, show_progress=False,
     )
-    return torch.stack([cache[name][:, -1, :] for name in names])
+    return torch.stack([entry.tensor(name) for name in names]).to(model.cfg.device)
 
 
 def norm_denominator(model: TransformerBridge, x: Tensor, module: torch.nn.Module) -> Tensor:

@@ -111,6 +111,104 @@ def _print_result(result: dict, json_path: Path, csv_path: Path) -> None:
     console.print(f"Wrote {json_path} and {csv_path}")
 
 
+cache_app = typer.Typer(help="Inspect and manage the activation store.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _store():
+    from analysis.store import ActivationStore
+
+    return ActivationStore()
+
+
+@cache_app.command("ls")
+def cache_ls() -> None:
+    """List store entries, most recently used first."""
+    store = _store()
+    entries = store.entries()
+    table = Table(title=f"activation store {store.root} (cap {store.max_bytes / 1e9:.1f} GB)")
+    for column in ("id", "model", "prompts", "hooks", "positions", "MB", "created"):
+        table.add_column(column)
+    for entry in entries:
+        key = entry.manifest.get("key", {})
+        table.add_row(entry.id[:12], key.get("model_id", "?"), str(len(entry.token_ids)),
+                      str(len(entry.manifest.get("tensors", {}))), str(key.get("positions", "?")),
+                      f"{entry.nbytes / 1e6:.1f}", entry.manifest.get("created", "?"))
+    console.print(table)
+    console.print(f"{len(entries)} entries, {sum(e.nbytes for e in entries) / 1e6:.1f} MB")
+
+
+@cache_app.command("verify")
+def cache_verify(entry_id: Optional[str] = typer.Argument(None, help="Entry id prefix (default: all).")) -> None:
+    """Check every file's size and content hash; exit 1 if any entry is damaged."""
+    store = _store()
+    entries = [store.find(entry_id)] if entry_id else store.entries()
+    damaged = 0
+    for entry in entries:
+        problems = store.verify(entry)
+        if problems:
+            damaged += 1
+            console.print(f"[red]{entry.path}: {'; '.join(problems)}[/red]")
+        else:
+            console.print(f"{entry.id[:12]} ok")
+    if damaged:
+        console.print(f"{damaged} damaged entries; `workbench cache rm ID` or `workbench cache gc` removes them")
+        raise typer.Exit(code=1)
+
+
+@cache_app.command("rm")
+def cache_rm(entry_id: str = typer.Argument(..., help="Entry id prefix, as `cache ls` shows it.")) -> None:
+    """Delete one entry."""
+    from analysis.store import StoreError
+
+    store = _store()
+    try:
+        entry = store.find(entry_id)
+    except StoreError as error:
+        raise typer.BadParameter(str(error), param_hint="ENTRY_ID") from error
+    store.remove(entry)
+    console.print(f"removed {entry.path}")
+
+
+@cache_app.command("gc")
+def cache_gc(max_gb: Optional[float] = typer.Option(None, "--max-gb", help="Size cap in GB (default: the store's cap).")) -> None:
+    """Delete damaged entries, then least-recently-used ones until the store fits its cap."""
+    store = _store()
+    removed = store.gc(None if max_gb is None else int(max_gb * 1e9))
+    console.print(f"removed {len(removed)} entries ({sum(e.nbytes for e in removed) / 1e6:.1f} MB)")
+
+
+@cache_app.command("build")
+def cache_build(
+    model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, hub id, folder or .gguf file."),
+    prompts: Path = typer.Option(..., "--prompts", help="Text file, one prompt per line (blank lines skipped)."),
+    hooks: str = typer.Option("blocks.*.hook_resid_post", "--hooks",
+                              help="Comma-separated hook names or glob patterns."),
+    positions: str = typer.Option("all", "--positions", help="'all', 'last', or comma-separated indices."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Prompts per forward pass."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+) -> None:
+    """Run prompts through a model and keep the chosen activations in the store."""
+    from analysis.activations import cached_activations
+    from analysis.models import ModelLoadError, load_model
+    from analysis.store import StoreError
+
+    try:
+        texts = [line for line in prompts.read_text().splitlines() if line.strip()]
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {prompts}: {error.strerror}", param_hint="--prompts") from error
+    picked = positions if positions in ("all", "last") else [int(p) for p in _split(positions)]
+    try:
+        bridge = load_model(model)
+        entry = cached_activations(bridge, texts, _split(hooks), positions=picked, batch_size=batch_size,
+                                   dtype=dtype)
+    except (ModelLoadError, StoreError) as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from error
+    console.print(f"entry {entry.id[:12]}: {len(entry.token_ids)} prompts, {len(entry.hooks)} hooks, "
+                  f"{entry.nbytes / 1e6:.1f} MB in {entry.path}")
+
+
 @app.command()
 def dashboard(
     port: int = typer.Option(8501, "--port", help="Port to listen on."),

@@ -41,6 +41,8 @@ from analysis.circuits import (
     resid_pre_alone,
     unembed_columns,
 )
+from analysis.activations import cached_activations
+from analysis.store import ActivationStore
 from probes.ordinal import TokenizedTask
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ def _split_by_task(logits: Tensor, tasks: list[TokenizedTask], offsets: list[int
 
 @torch.no_grad()
 def ov_succession_scores(
-    model: TransformerBridge, tasks: list[TokenizedTask], method: str
+    model: TransformerBridge, tasks: list[TokenizedTask], method: str, store: ActivationStore | None = None
 ) -> dict[str, list[list[float]]]:
     """Succession score grid [layer][head] per task for ``method`` in ``OV_METHODS``."""
     all_ids, offsets = [], []
@@ -166,7 +168,7 @@ def ov_succession_scores(
     if method == "ov_mlp0":
         embeddings = mlp0_embeddings(model, all_ids)
     elif method == "ov_own_layer":
-        embeddings = resid_pre_alone(model, all_ids)
+        embeddings = resid_pre_alone(model, all_ids, store=store)
     else:
         raise ValueError(f"Unknown OV method {method!r}; use one of {', '.join(OV_METHODS)}.")
 
@@ -199,46 +201,62 @@ def ordinal_sequence(task: TokenizedTask) -> tuple[list[int], list[tuple[int, in
     return tokens, targets
 
 
+def contextual_hooks(model: TransformerBridge) -> list[str]:
+    """Hooks that contextual attribution reads: every head's z, the attention totals, the final residual."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    names += [f"blocks.{layer}.ln1_post.hook_in" for layer in range(model.cfg.n_layers)
+              if block_component(model, layer, "ln1_post") is not None]
+    names.append(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")  # what ln_final reads
+    return names
+
+
 @torch.no_grad()
-def contextual_dla(model: TransformerBridge, task: TokenizedTask) -> list[list[float]]:
-    """Mean direct logit attribution of each head to the next item, over the task's sequence."""
-    tokens, targets = ordinal_sequence(task)
-    if not targets:
-        return _zeros(model)
+def contextual_dla(
+    model: TransformerBridge, tasks: list[TokenizedTask], store: ActivationStore | None = None
+) -> dict[str, list[list[float]]]:
+    """Mean direct logit attribution of each head to the next item, per task: ``{task: [layer][head]}``.
+
+    All tasks' sequences run as one padded batch through the activation store.
+    """
+    sequences = {task.name: ordinal_sequence(task) for task in tasks}
+    usable = [task for task in tasks if sequences[task.name][1]]
+    grids = {task.name: _zeros(model) for task in tasks}
+    if not usable:
+        return grids
 
     prefix = bos_prefix(model)
-    input_ids = torch.tensor([prefix + tokens], device=model.cfg.device)
-    names = {f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)}
-    names |= {f"blocks.{layer}.ln1_post.hook_in" for layer in range(model.cfg.n_layers)}
-    # The last block's output is what ln_final reads; stopping there skips the unembedding.
-    final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    names.add(final_name)
-    _, cache = model.run_with_cache(
-        input_ids, names_filter=lambda name: name in names, prepend_bos=False, stop_at_layer=model.cfg.n_layers
+    hooks = contextual_hooks(model)
+    entry = cached_activations(
+        model, token_ids=[prefix + sequences[task.name][0] for task in usable], hooks=hooks,
+        positions="all", store=store, show_progress=False,
     )
-
-    positions = torch.tensor([len(prefix) + position for position, _ in targets])
-    target_ids = torch.tensor([token for _, token in targets], device=model.cfg.device)
-    final_total = cache[final_name][0, positions]  # [n_targets, d_model]
-    unembed = model.W_U[:, target_ids]  # [d_model, n_targets]
     _, w_o = per_head_value_weights(model)
+    final_name = hooks[-1]
 
-    grid = []
-    for layer in range(model.cfg.n_layers):
-        z = cache[f"blocks.{layer}.attn.hook_z"][0, positions]  # [n_targets, head, d_head]
-        head_out = torch.einsum("thd,hdm->htm", z, w_o[layer])  # [head, n_targets, d_model]
+    for row, task in enumerate(usable):
+        targets = sequences[task.name][1]
+        positions = torch.tensor([len(prefix) + position for position, _ in targets])
+        target_ids = torch.tensor([token for _, token in targets], device=w_o.device)
+        final_total = entry.tensor(final_name)[row, positions].to(w_o.device)  # [n_targets, d_model]
+        unembed = model.W_U[:, target_ids]  # [d_model, n_targets]
 
-        ln1_post = block_component(model, layer, "ln1_post")
-        if ln1_post is not None:
-            attn_total = cache[f"blocks.{layer}.ln1_post.hook_in"][0, positions]
-            head_out = linearized_norm(model, ln1_post, head_out, attn_total)
-        if hasattr(model, "ln_final"):
-            head_out = linearized_norm(model, model.ln_final, head_out, final_total)
+        grid = []
+        for layer in range(model.cfg.n_layers):
+            z = entry.tensor(f"blocks.{layer}.attn.hook_z")[row, positions].to(w_o.device)  # [t, head, d_head]
+            head_out = torch.einsum("thd,hdm->htm", z, w_o[layer])  # [head, n_targets, d_model]
 
-        # Logit of each target token from the head's output at the same position.
-        dla = torch.einsum("htm,mt->ht", head_out, unembed)
-        grid.append(dla.mean(-1).tolist())
-    return grid
+            ln1_post = block_component(model, layer, "ln1_post")
+            if ln1_post is not None:
+                attn_total = entry.tensor(f"blocks.{layer}.ln1_post.hook_in")[row, positions].to(w_o.device)
+                head_out = linearized_norm(model, ln1_post, head_out, attn_total)
+            if hasattr(model, "ln_final"):
+                head_out = linearized_norm(model, model.ln_final, head_out, final_total)
+
+            # Logit of each target token from the head's output at the same position.
+            dla = torch.einsum("htm,mt->ht", head_out, unembed)
+            grid.append(dla.mean(-1).tolist())
+        grids[task.name] = grid
+    return grids
 
 
 # -- the whole search ---------------------------------------------------------
@@ -249,6 +267,7 @@ def search_heads(
     tasks: list[TokenizedTask],
     methods: tuple[str, ...] = METHODS,
     progress: Progress | None = None,
+    store: ActivationStore | None = None,
 ) -> HeadScores:
     """Score every head of ``model`` on every task with each method."""
     unknown = [method for method in methods if method not in METHODS]
@@ -261,9 +280,9 @@ def search_heads(
             progress(method)
         logger.info("scoring %d tasks with %s", len(tasks), method)
         if method in OV_METHODS:
-            scores[method] = ov_succession_scores(model, tasks, method)
+            scores[method] = ov_succession_scores(model, tasks, method, store=store)
         else:
-            scores[method] = {task.name: contextual_dla(model, task) for task in tasks}
+            scores[method] = contextual_dla(model, tasks, store=store)
     return HeadScores(model.cfg.n_layers, model.cfg.n_heads, tasks, scores)
 
 

@@ -18,6 +18,8 @@ from analysis.models import model_info
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_CHARS = 12  # enough to tell weights apart by eye
+CHOICE_KEY = "home_model_choice"
+PATH_KEY = "home_model_path"
 
 st.set_page_config(page_title="interp-workbench", layout="wide")
 st.title("interp-workbench")
@@ -35,17 +37,26 @@ results = state.list_result_files(results_folder)
 choices = state.model_choices(results)
 current = state.selected_model()
 
+# The widgets get their starting values through session_state, not `index=` or
+# `value=`: a changed `value=` makes Streamlit build a new widget, which drops
+# what the user has just typed. Streamlit deletes these keys when the user opens
+# another page, so they are filled again from the chosen model on return.
+if st.session_state.get(CHOICE_KEY) not in choices:
+    st.session_state[CHOICE_KEY] = current if current in choices else choices[0]
+if PATH_KEY not in st.session_state:
+    st.session_state[PATH_KEY] = "" if current in choices else current
+
 st.subheader("Model")
 left, right = st.columns(2)
 choice = left.selectbox(
     "Known model",
     choices,
-    index=choices.index(current) if current in choices else 0,
+    key=CHOICE_KEY,
     help="The built-in default, plus every model with a complete result file in the results folder.",
 )
 typed = right.text_input(
     "…or a local model folder or .gguf file",
-    value="" if current in choices else current,
+    key=PATH_KEY,
     placeholder="/path/to/hf-folder or /path/to/model.gguf",
     help="A Hugging Face folder (config.json plus weights) or a GGUF file. Overrides the known model when set.",
 ).strip()

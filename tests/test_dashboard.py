@@ -249,6 +249,20 @@ def test_home_reports_load_error(tmp_path: Path, results_dir: Path, hub_offline:
 
 
 @pytest.mark.integration
+def test_home_keeps_edit_after_error(tmp_path: Path, results_dir: Path, hub_offline: None) -> None:
+    plain_file = tmp_path / "notes.txt"
+    plain_file.write_text("not a model")
+    app = _home()
+    app.text_input[0].set_value(str(plain_file)).run(timeout=TIMEOUT_S)
+    app.text_input[0].set_value(str(tmp_path / "second.gguf")).run(timeout=TIMEOUT_S)
+
+    assert not app.exception, app.exception
+    assert app.text_input[0].value == str(tmp_path / "second.gguf")
+    assert len(app.error) == 1
+    assert "second.gguf" in app.error[0].value
+
+
+@pytest.mark.integration
 def test_successor_page_renders(results_dir: Path, hub_offline: None) -> None:
     app = _successor_page()
 
