@@ -231,31 +231,39 @@ def contextual_dla(
         positions="all", store=store, show_progress=False,
     )
     _, w_o = per_head_value_weights(model)
-    final_name = hooks[-1]
+    device = w_o.device
+
+    # Flatten every (sequence, position, target) of every task so each layer is one batched step.
+    rows, positions, target_ids, owner = [], [], [], []
+    for row, task in enumerate(usable):
+        for position, token in sequences[task.name][1]:
+            rows.append(row)
+            positions.append(len(prefix) + position)
+            target_ids.append(token)
+            owner.append(row)
+    rows_t, positions_t = torch.tensor(rows), torch.tensor(positions)
+    owner_t = torch.tensor(owner, device=device)
+    unembed = model.W_U[:, torch.tensor(target_ids, device=device)]  # [d_model, n_targets]
+    final_total = entry.tensor(hooks[-1])[rows_t, positions_t].to(device)  # [n_targets, d_model]
+
+    per_layer = []
+    for layer in range(model.cfg.n_layers):
+        z = entry.tensor(f"blocks.{layer}.attn.hook_z")[rows_t, positions_t].to(device)  # [t, head, d_head]
+        head_out = torch.einsum("thd,hdm->htm", z, w_o[layer])  # [head, n_targets, d_model]
+
+        ln1_post = block_component(model, layer, "ln1_post")
+        if ln1_post is not None:
+            attn_total = entry.tensor(f"blocks.{layer}.ln1_post.hook_in")[rows_t, positions_t].to(device)
+            head_out = linearized_norm(model, ln1_post, head_out, attn_total)
+        if hasattr(model, "ln_final"):
+            head_out = linearized_norm(model, model.ln_final, head_out, final_total)
+
+        # Logit of each target token from the head's output at the same position.
+        per_layer.append(torch.einsum("htm,mt->ht", head_out, unembed))
+    dla = torch.stack(per_layer)  # [layer, head, n_targets]
 
     for row, task in enumerate(usable):
-        targets = sequences[task.name][1]
-        positions = torch.tensor([len(prefix) + position for position, _ in targets])
-        target_ids = torch.tensor([token for _, token in targets], device=w_o.device)
-        final_total = entry.tensor(final_name)[row, positions].to(w_o.device)  # [n_targets, d_model]
-        unembed = model.W_U[:, target_ids]  # [d_model, n_targets]
-
-        grid = []
-        for layer in range(model.cfg.n_layers):
-            z = entry.tensor(f"blocks.{layer}.attn.hook_z")[row, positions].to(w_o.device)  # [t, head, d_head]
-            head_out = torch.einsum("thd,hdm->htm", z, w_o[layer])  # [head, n_targets, d_model]
-
-            ln1_post = block_component(model, layer, "ln1_post")
-            if ln1_post is not None:
-                attn_total = entry.tensor(f"blocks.{layer}.ln1_post.hook_in")[row, positions].to(w_o.device)
-                head_out = linearized_norm(model, ln1_post, head_out, attn_total)
-            if hasattr(model, "ln_final"):
-                head_out = linearized_norm(model, model.ln_final, head_out, final_total)
-
-            # Logit of each target token from the head's output at the same position.
-            dla = torch.einsum("htm,mt->ht", head_out, unembed)
-            grid.append(dla.mean(-1).tolist())
-        grids[task.name] = grid
+        grids[task.name] = dla[:, :, owner_t == row].mean(-1).tolist()
     return grids
 
 

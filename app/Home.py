@@ -49,7 +49,7 @@ if PATH_KEY not in st.session_state:
 st.subheader("Model")
 left, right = st.columns(2)
 choice = left.selectbox(
-    "Known model",
+    "Known model (used while the path field is empty)",
     choices,
     key=CHOICE_KEY,
     help="The built-in default, plus every model with a complete result file in the results folder.",
@@ -75,11 +75,13 @@ state.select_model(name)
 model = state.load_model_or_stop(name)
 info = model_info(model)
 
-columns = st.columns(4)
-columns[0].metric("Name", info.name)
-columns[1].metric("Source", info.source)
-columns[2].metric("Fingerprint", info.fingerprint[:FINGERPRINT_CHARS], help=info.fingerprint)
-columns[3].metric("Layers x heads", f"{model.cfg.n_layers} x {model.cfg.n_heads}")
+# A markdown table, not st.metric: metrics cut long names such as folder paths.
+st.markdown(
+    "| Name | Source | Fingerprint | Layers x heads |\n"
+    "| --- | --- | --- | --- |\n"
+    f"| `{info.name}` | {info.source} | `{info.fingerprint[:FINGERPRINT_CHARS]}` "
+    f"| {model.cfg.n_layers} x {model.cfg.n_heads} |"
+)
 if info.path:
     st.caption(f"Weights: {info.path}")
 
@@ -106,12 +108,17 @@ else:
             "tasks": len(result.tasks),
             "methods": ", ".join(result.methods),
             "seconds": result.seconds,
-            "status": "complete" if result.usable else "incomplete, unreadable or an older format",
+            "status": "complete" if result.usable else "not usable",
             "in picker": result.reloadable,
         }
         for result in results
     ])
     st.dataframe(table, hide_index=True)
+    if not all(result.usable for result in results):
+        st.caption(
+            "A file that is not usable is incomplete, unreadable or in another result format; "
+            "`workbench heads` with the same --out folder writes it again."
+        )
     if any(result.usable and not result.reloadable for result in results):
         st.caption(
             "A model read from a .gguf file is recorded by the file's stem, which cannot be loaded "

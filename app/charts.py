@@ -40,13 +40,16 @@ def head_heatmap(grid: list[list[float]], *, title: str, units: str, chance: flo
 
 
 def top_heads_bar(ranks: list[HeadRank], *, title: str, units: str, chance: float | None) -> go.Figure:
-    """Draw the ranked heads as bars, with a dashed line at the chance level when there is one."""
+    """Draw the ranked heads as bars, with a dashed line at the chance level when there is one.
+
+    The title, not an annotation, names the chance level: an annotation lands on a bar.
+    """
     labels = [rank.label for rank in ranks]
     values = [rank.mean_score for rank in ranks]
     figure = go.Figure(go.Bar(x=labels, y=values, hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
     if chance is not None:
-        figure.add_hline(y=chance, line_dash="dash", annotation_text=f"chance {chance:.3f}",
-                         annotation_position="top right")
+        figure.add_hline(y=chance, line_dash="dash")
+        title = f"{title} (dashed line: chance = {chance:.3f})"
     figure.update_layout(
         title=dict(text=title),
         xaxis=dict(title=dict(text="head"), type="category"),

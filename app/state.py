@@ -86,6 +86,22 @@ class ResultFile:
         return self.source != "hf-folder" or Path(self.model_name).is_dir()
 
 
+@st.cache_data(show_spinner=False)
+def _read_result_version(path: str, mtime_ns: int, size: int) -> dict | None:
+    # mtime and size are part of the cache key, so a rewritten file is read again,
+    # and read_result logs an unreadable file once per version, not on every rerun.
+    return read_result(Path(path))
+
+
+def read_result_file(path: Path) -> dict | None:
+    """Return ``analysis.batch.read_result(path)``, cached until the file changes."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _read_result_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def list_result_files(folder: Path) -> list[ResultFile]:
     """Return every ``*.heads.json`` in ``folder``, unusable ones included so the page can flag them."""
     if not folder.is_dir():
@@ -93,7 +109,7 @@ def list_result_files(folder: Path) -> list[ResultFile]:
 
     found = []
     for path in sorted(folder.glob("*.heads.json")):
-        data = read_result(path)
+        data = read_result_file(path)
         if data is None:
             found.append(ResultFile(path, usable=False))
             continue
@@ -219,7 +235,7 @@ def head_scores(model_name: str, names: tuple[str, ...]) -> tuple[HeadScores, st
         logger.info("no result file name for %r: %s", model_name, error)
         path = None
 
-    data = read_result(path) if path is not None else None
+    data = read_result_file(path) if path is not None else None
     if data is not None:
         mismatch = _result_mismatch(data, fingerprint, names)
         if mismatch is None:
