@@ -118,6 +118,12 @@ class StoreEntry:
         """Attention mask of the stored positions: [prompt, pos], 1 on real tokens."""
         return _mmap_tensor(self.path / "mask.safetensors")
 
+    def key(self) -> StoreKey:
+        """Rebuild the key this entry was stored under."""
+        fields = self.manifest["key"]
+        return StoreKey(fields["model_id"], fields["fingerprint"], tuple(tuple(ids) for ids in self.token_ids),
+                        tuple(fields["hooks"]), fields["positions"], fields["dtype"])
+
     @property
     def nbytes(self) -> int:
         return sum(self.manifest["files"].values())
