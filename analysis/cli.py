@@ -225,5 +225,13 @@ def dashboard(
     raise typer.Exit(subprocess.call(command, env=env))
 
 
+from analysis.steering.cli import export, icv_app, steer, vectors_app  # noqa: E402
+
+app.add_typer(icv_app, name="icv")
+app.add_typer(vectors_app, name="vectors")
+app.command()(steer)
+app.command()(export)
+
+
 if __name__ == "__main__":
     app()
