@@ -1,0 +1,218 @@
+"""Training loop for multiplication models: AdamW with warm-up, loss on answer tokens only.
+
+``train`` writes a run folder (layout in ``analysis.arithmetic.checkpoint``),
+evaluates every ``eval_every`` steps on the first ``eval_size`` test problems,
+appends each evaluation to ``metrics.jsonl``, and checkpoints every
+``checkpoint_every`` steps and on interrupt. Calling it again on the same folder
+resumes from the latest checkpoint and draws the same batches an uninterrupted
+run would have drawn. The final evaluation covers the whole test set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from analysis.arithmetic.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    save_weights,
+)
+from analysis.arithmetic.config import ConfigError, RunConfig
+from analysis.arithmetic.metrics import EvalResult, answer_loss, evaluate
+from analysis.arithmetic.model import build_model
+from analysis.paths import atomic_write_json, atomic_write_text
+from probes.arithmetic import Batch, TestSet, TrainSampler, make_batch, make_test_set
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    elapsed_s: float
+    final: EvalResult
+    stopped_early: bool
+
+
+def learning_rate(config: RunConfig, step: int) -> float:
+    """Return the learning rate for 0-based ``step``: linear warm-up, then the schedule."""
+    train = config.train
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.schedule == "constant":
+        return train.lr
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    progress = min(progress, 1.0)
+    floor = train.min_lr_ratio
+    return train.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.AdamW:
+    train = config.train
+    return torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, grad_clip: float) -> float:
+    """Take one optimiser step on ``batch`` and return its loss before the step."""
+    loss = answer_loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def held_out_batch(config: RunConfig, size: int | None = None) -> tuple[TestSet, Batch]:
+    """Return the run's fixed test set and the batch of its first ``size`` problems (all by default)."""
+    test_set = make_test_set(config.problem, config.train.test_size, config.train.test_seed)
+    count = len(test_set) if size is None else min(size, len(test_set))
+    return test_set, make_batch(test_set.a[:count], test_set.b[:count], config.problem)
+
+
+def _check_same_run(run_dir: Path, config: RunConfig) -> None:
+    stored = read_config(run_dir).to_dict()
+    wanted = config.to_dict()
+    stored["train"].pop("steps")
+    wanted["train"].pop("steps")
+    if stored != wanted:
+        changed = sorted(
+            f"{section}.{key}" for section in wanted for key in (wanted[section] if isinstance(wanted[section], dict)
+                                                                 else [None])
+            if (stored[section].get(key) if key else stored[section]) !=
+               (wanted[section].get(key) if key else wanted[section])
+        )
+        raise ConfigError(
+            f"{run_dir} holds a run with another configuration (differs in {', '.join(changed)}); "
+            "pass another --out folder, or --force to start over."
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` (they came from the part of a run that was lost)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def train(
+    config: RunConfig,
+    run_dir: Path | str,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    stop_at_exact_match: float | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) the run ``config`` in ``run_dir`` and return its final evaluation.
+
+    ``stop_at_exact_match`` ends training at the first periodic evaluation whose
+    greedy exact match reaches it. ``on_eval`` receives every logged row.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / METRICS_FILE
+
+    if (run_dir / "config.json").is_file():
+        if not resume:
+            raise ConfigError(f"{run_dir} already holds a run; pass --force to start over or another --out folder.")
+        _check_same_run(run_dir, config)
+    atomic_write_json(run_dir / "config.json", config.to_dict())
+
+    model = build_model(config)
+    model.train()
+    optimizer = make_optimizer(model, config)
+    test_set, eval_batch = held_out_batch(config, config.train.eval_size)
+    sampler = TrainSampler(config.problem, test_set, seed=config.train.seed + 1)
+
+    start_step, elapsed_before = 0, 0.0
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        weights, state = load_checkpoint(checkpoint)
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state.optimizer)
+        sampler.load_state(state.sampler_state)
+        start_step, elapsed_before = state.step, state.elapsed_s
+        _truncate_metrics(metrics_path, start_step)
+        logger.info("resuming %s from step %d", run_dir, start_step)
+    else:
+        metrics_path.unlink(missing_ok=True)
+
+    steps = config.train.steps
+    started = time.perf_counter()
+    running_loss, running_count, step = 0.0, 0, start_step
+    stopped_early = False
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - started
+
+    bar = tqdm(total=steps, initial=start_step, desc=f"train {run_dir.name}", disable=not progress, unit="step")
+    try:
+        while step < steps:
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = train_step(model, optimizer, sampler.sample(config.train.batch_size), config.train.grad_clip)
+            step += 1
+            running_loss += loss
+            running_count += 1
+            bar.update(1)
+
+            if step % config.train.eval_every == 0 or step == steps:
+                result = evaluate(model, eval_batch, config.problem)
+                row = {"step": step, "time_s": round(elapsed(), 3), "lr": lr,
+                       "train_loss": running_loss / running_count, **result.flat()}
+                with metrics_path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                running_loss, running_count = 0.0, 0
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", greedy=f"{result.exact_match_greedy:.3f}")
+                logger.info("step %d: loss %.4f, greedy exact match %.4f", step, row["loss"],
+                            result.exact_match_greedy)
+                if on_eval is not None:
+                    on_eval(row)
+                if stop_at_exact_match is not None and result.exact_match_greedy >= stop_at_exact_match:
+                    stopped_early = True
+                    break
+
+            if step % config.train.checkpoint_every == 0:
+                save_checkpoint(run_dir, model, optimizer, sampler.state(), step, elapsed())
+    except KeyboardInterrupt:
+        save_checkpoint(run_dir, model, optimizer, sampler.state(), step, elapsed())
+        logger.warning("interrupted at step %d; the checkpoint is saved, rerun to resume", step)
+        raise
+    finally:
+        bar.close()
+
+    total_s = elapsed()
+    if step % config.train.checkpoint_every != 0 or stopped_early:
+        save_checkpoint(run_dir, model, optimizer, sampler.state(), step, total_s)
+    return finish(config, model, run_dir, step, total_s, stopped_early)
+
+
+def finish(config: RunConfig, model: torch.nn.Module, run_dir: Path, step: int, elapsed_s: float,
+           stopped_early: bool = False) -> TrainResult:
+    """Evaluate on the whole test set and write ``model.safetensors`` and ``eval.json``."""
+    _, full_batch = held_out_batch(config)
+    result = evaluate(model, full_batch, config.problem)
+    save_weights(run_dir / "model.safetensors", model, metadata={"step": str(step)})
+    atomic_write_json(run_dir / "eval.json", {"step": step, "train_time_s": round(elapsed_s, 1),
+                                              "test_set": "full", **result.to_dict()})
+    logger.info("finished %s at step %d: greedy exact match %.4f on %d test problems", run_dir, step,
+                result.exact_match_greedy, result.n_problems)
+    return TrainResult(run_dir, step, elapsed_s, result, stopped_early)
