@@ -233,5 +233,7 @@ app.command()(steer)
 app.command()(export)
 
 
+from analysis.arithmetic.cli import arith_app  # noqa: E402
+app.add_typer(arith_app, name="arith")
 if __name__ == "__main__":
     app()
