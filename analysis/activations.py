@@ -19,20 +19,18 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-import re
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from analysis.circuits import bos_prefix
+from analysis.circuits import bos_prefix, capture
 from analysis.models import model_info
 from analysis.store import ActivationStore, StoreEntry, StoreError, StoreKey
 
 logger = logging.getLogger(__name__)
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -77,21 +75,6 @@ def _positions_label(positions: str | Sequence[int]) -> str:
             raise StoreError(f"positions must be 'all', 'last' or a list of integers, not {positions!r}.")
         return positions
     return ",".join(str(int(position)) for position in positions)
-
-
-def _stop_layer(model: TransformerBridge, hooks: list[str]) -> int | None:
-    """Return the block after which no requested hook fires, or None if a hook lies past the blocks."""
-    layers = []
-    for hook in hooks:
-        match = _BLOCK_HOOK.match(hook)
-        if match is None:
-            if hook in ("hook_embed", "hook_pos_embed") or hook.startswith(("embed.", "pos_embed.")):
-                layers.append(0)
-                continue
-            return None
-        layers.append(int(match.group(1)))
-    stop = max(layers) + 1
-    return stop if stop < model.cfg.n_layers else model.cfg.n_layers
 
 
 def _is_pattern_hook(hook: str) -> bool:
@@ -152,8 +135,6 @@ def run_and_collect(
     width = max(len(ids) for ids in token_ids)
     pad_id = getattr(model.tokenizer, "pad_token_id", None) if model.tokenizer is not None else None
     pad_id = 0 if pad_id is None else pad_id
-    wanted = set(hooks)
-    stop = _stop_layer(model, hooks)
     collected: dict[str, list[torch.Tensor]] = {hook: [] for hook in hooks}
     cast = _TORCH_DTYPES[dtype]
 
@@ -168,11 +149,7 @@ def run_and_collect(
             tokens[row, span] = torch.tensor(ids)
             mask[row, span] = 1
 
-        _, cache = model.run_with_cache(
-            tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device),
-            names_filter=lambda name: name in wanted, prepend_bos=False,
-            padding_side=padding_side, stop_at_layer=stop,
-        )
+        cache = capture(model, tokens.to(model.cfg.device), hooks, attention_mask=mask.to(model.cfg.device))
         for row in range(len(batch)):
             real = mask[row].nonzero().squeeze(-1)
             for hook in hooks:

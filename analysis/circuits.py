@@ -14,6 +14,8 @@ Hugging Face Llama's ``repeat_kv``.
 
 from __future__ import annotations
 
+import re
+
 from typing import TYPE_CHECKING
 
 import torch
@@ -138,6 +140,59 @@ def resid_pre_alone(
         store=store, show_progress=False,
     )
     return torch.stack([entry.tensor(name) for name in names]).to(model.cfg.device)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the activations it needs are captured."""
+
+
+@torch.no_grad()
+def capture(
+    model: TransformerBridge,
+    tokens: Tensor,
+    hooks: list[str],
+    attention_mask: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Run ``tokens`` and return the activations at ``hooks``, stopping after the last block needed.
+
+    When every hook lies in blocks 0..L, the pass ends at ``blocks.{L}.hook_resid_post``
+    (the last hook point of block L), which skips later blocks and the unembedding,
+    the costliest matmul for a large vocabulary (Gemma 3: 262k tokens).
+    ``stop_at_layer`` cannot do this for the last block, because it stops before a block.
+    """
+    captured: dict[str, Tensor] = {}
+
+    def keeper(name: str):
+        # Keyed by the requested name: hook.name may be the canonical alias (hook_out for hook_resid_post).
+        def keep(activation: Tensor, hook) -> None:
+            captured[name] = activation.detach()
+        return keep
+
+    def stop(activation: Tensor, hook) -> None:
+        raise _StopForward
+
+    fwd_hooks = [(name, keeper(name)) for name in hooks]
+    last_layer = last_block_needed(hooks)
+    if last_layer is not None:
+        fwd_hooks.append((f"blocks.{last_layer}.hook_resid_post", stop))
+    try:
+        with model.hooks(fwd_hooks=fwd_hooks):
+            model(tokens, prepend_bos=False, attention_mask=attention_mask)
+    except _StopForward:
+        pass
+    return captured
+
+
+def last_block_needed(hooks: list[str]) -> int | None:
+    """Return the highest block index among ``hooks``, or None if one lies outside the blocks."""
+    layers = []
+    for hook in hooks:
+        match = re.match(r"^blocks\.(\d+)\.", hook)
+        if match is not None:
+            layers.append(int(match.group(1)))
+        elif not (hook in ("hook_embed", "hook_pos_embed") or hook.startswith(("embed.", "pos_embed."))):
+            return None
+    return max(layers) if layers else 0
 
 
 def norm_denominator(model: TransformerBridge, x: Tensor, module: torch.nn.Module) -> Tensor:
