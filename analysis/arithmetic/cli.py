@@ -133,7 +133,7 @@ def eval_command(
     """Evaluate a trained model on its whole test set, or on given problems."""
     from analysis.arithmetic.attention import explain_product
     from analysis.arithmetic.carries import accuracy_by_carries
-    from analysis.arithmetic.metrics import evaluate
+    from analysis.arithmetic.metrics import evaluate, json_safe
     from analysis.arithmetic.training import held_out_batch
     from analysis.paths import atomic_write_json
     from probes.arithmetic import ArithmeticDataError
@@ -155,7 +155,7 @@ def eval_command(
             console.print(f"{left}*{right} = {explanation.predicted} {mark}   {steps}")
             answers.append(explanation.to_dict())
         if out:
-            atomic_write_json(out, {"run": str(run), "problems": answers})
+            atomic_write_json(out, json_safe({"run": str(run), "problems": answers}))
         return
 
     _, batch = held_out_batch(config)
@@ -170,7 +170,7 @@ def eval_command(
         table.add_row(str(group.value), str(group.n_problems), _percent(group.accuracy))
     console.print(table)
     if out:
-        atomic_write_json(out, {"run": str(run), "eval": result.to_dict(), "carries": carries.to_dict()})
+        atomic_write_json(out, json_safe({"run": str(run), "eval": result.to_dict(), "carries": carries.to_dict()}))
         console.print(f"Wrote {out}")
 
 

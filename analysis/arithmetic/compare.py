@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.arithmetic.config import RunConfig
+from analysis.arithmetic.metrics import json_safe
 from analysis.arithmetic.training import train
 from analysis.paths import atomic_write_json
 from probes.arithmetic import get_format
@@ -49,5 +50,6 @@ def compare_formats(base: RunConfig, out_dir: Path | str, formats: tuple[str, ..
         rows.append(FormatRow(name, result.steps, round(result.elapsed_s, 1), result.final.exact_match_greedy,
                               result.final.exact_match_teacher_forced, result.final.loss,
                               result.final.digit_accuracy_greedy))
-        atomic_write_json(out_dir / "comparison.json", {"base": base.to_dict(), "rows": [r.to_dict() for r in rows]})
+        atomic_write_json(out_dir / "comparison.json",
+                          json_safe({"base": base.to_dict(), "rows": [row.to_dict() for row in rows]}))
     return rows

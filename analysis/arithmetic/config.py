@@ -151,8 +151,8 @@ PRESETS: dict[str, RunConfig] = {
         "compare-3x3",
         ProblemSpec(3, 3, get_format("padded-reversed")),
         ModelConfig(n_layers=2, n_heads=4, d_model=128, d_mlp=512),
-        TrainConfig(steps=3000, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=500,
-                    eval_size=500, checkpoint_every=1000, test_size=2000),
+        TrainConfig(steps=2000, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=250,
+                    eval_size=500, checkpoint_every=500, test_size=2000),
     ),
     # 4 x 4 digits on a laptop CPU.
     "cpu-4x4": _preset(

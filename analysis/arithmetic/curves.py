@@ -46,7 +46,8 @@ def learning_curves(run_dir: Path | str) -> LearningCurves:
         raise CheckpointError(f"{run_dir} has no {METRICS_FILE}; train the run first (`workbench arith train`).")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     names = [key for key in rows[0] if key not in ("step", "time_s")] if rows else []
-    series = {name: [float(row.get(name, math.nan)) for row in rows] for name in names}
+    # Missing values are written as null (see metrics.json_safe) and read back as NaN.
+    series = {name: [math.nan if row.get(name) is None else float(row[name]) for row in rows] for name in names}
     return LearningCurves([row["step"] for row in rows], [row["time_s"] for row in rows], series)
 
 

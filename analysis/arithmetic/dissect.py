@@ -15,6 +15,7 @@ from analysis.arithmetic.attention import answer_operand_attention, operand_labe
 from analysis.arithmetic.carries import accuracy_by_carries, carry_probes
 from analysis.arithmetic.config import RunConfig
 from analysis.arithmetic.curves import learning_curve_figure, learning_curves, learning_order
+from analysis.arithmetic.metrics import json_safe
 from analysis.arithmetic.patching import activation_patching
 from analysis.arithmetic.training import held_out_batch
 from analysis.paths import atomic_write_json, atomic_write_text
@@ -38,7 +39,7 @@ def run_dissection(run_dir: Path, config: RunConfig, model: torch.nn.Module, out
             done.append((path, "skipped"))
             return
         logger.info("computing %s", name)
-        atomic_write_json(path, compute())
+        atomic_write_json(path, json_safe(compute()))
         done.append((path, "wrote"))
 
     if "curves" in parts and (run_dir / "metrics.jsonl").is_file():

@@ -125,6 +125,20 @@ def predict(model: torch.nn.Module, batch: Batch, chunk_size: int = 1024) -> Pre
                           "teacher_forced_token_correct", "token_loss")))
 
 
+def json_safe(value: Any) -> Any:
+    """Return ``value`` with every NaN float replaced by ``None``, so files are standard JSON.
+
+    NaN marks a metric with no data (a place no problem has, a subtask that never occurs).
+    """
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def _mean(values: Tensor, mask: Tensor) -> float:
     count = int(mask.sum())
     return float(values[mask].float().mean()) if count else math.nan

@@ -29,7 +29,7 @@ from analysis.arithmetic.checkpoint import (
     save_weights,
 )
 from analysis.arithmetic.config import ConfigError, RunConfig
-from analysis.arithmetic.metrics import EvalResult, answer_loss, evaluate
+from analysis.arithmetic.metrics import EvalResult, answer_loss, evaluate, json_safe
 from analysis.arithmetic.model import build_model
 from analysis.paths import atomic_write_json, atomic_write_text
 from probes.arithmetic import Batch, TestSet, TrainSampler, make_batch, make_test_set
@@ -179,7 +179,7 @@ def train(
                 row = {"step": step, "time_s": round(elapsed(), 3), "lr": lr,
                        "train_loss": running_loss / running_count, **result.flat()}
                 with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+                    handle.write(json.dumps(json_safe(row)) + "\n")
                 running_loss, running_count = 0.0, 0
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", greedy=f"{result.exact_match_greedy:.3f}")
                 logger.info("step %d: loss %.4f, greedy exact match %.4f", step, row["loss"],
@@ -212,7 +212,7 @@ def finish(config: RunConfig, model: torch.nn.Module, run_dir: Path, step: int, 
     result = evaluate(model, full_batch, config.problem)
     save_weights(run_dir / "model.safetensors", model, metadata={"step": str(step)})
     atomic_write_json(run_dir / "eval.json", {"step": step, "train_time_s": round(elapsed_s, 1),
-                                              "test_set": "full", **result.to_dict()})
+                                              "test_set": "full", **json_safe(result.to_dict())})
     logger.info("finished %s at step %d: greedy exact match %.4f on %d test problems", run_dir, step,
                 result.exact_match_greedy, result.n_problems)
     return TrainResult(run_dir, step, elapsed_s, result, stopped_early)
