@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
-
-import torch
 
 from analysis.arithmetic.config import ModelConfig, RunConfig
 from analysis.models import load_native

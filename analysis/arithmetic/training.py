@@ -85,17 +85,19 @@ def held_out_batch(config: RunConfig, size: int | None = None) -> tuple[TestSet,
 
 
 def _check_same_run(run_dir: Path, config: RunConfig) -> None:
+    """Raise unless ``config`` matches the run stored in ``run_dir``; ``train.steps`` may differ."""
     stored = read_config(run_dir).to_dict()
     wanted = config.to_dict()
-    stored["train"].pop("steps")
-    wanted["train"].pop("steps")
-    if stored != wanted:
-        changed = sorted(
-            f"{section}.{key}" for section in wanted for key in (wanted[section] if isinstance(wanted[section], dict)
-                                                                 else [None])
-            if (stored[section].get(key) if key else stored[section]) !=
-               (wanted[section].get(key) if key else wanted[section])
-        )
+    changed = []
+    for section, values in wanted.items():
+        if not isinstance(values, dict):
+            if stored.get(section) != values:
+                changed.append(section)
+            continue
+        for key, value in values.items():
+            if key != "steps" and stored.get(section, {}).get(key) != value:
+                changed.append(f"{section}.{key}")
+    if changed:
         raise ConfigError(
             f"{run_dir} holds a run with another configuration (differs in {', '.join(changed)}); "
             "pass another --out folder, or --force to start over."
