@@ -1,7 +1,7 @@
 """Training throughput of the TransformerLens native model versus the same model in plain PyTorch.
 
 Both models have the architecture of ``analysis.arithmetic.model`` (GPT-2 style:
-learned positions, pre-LayerNorm, ReLU MLP) and start from the same weights; the
+learned positions, pre-LayerNorm, ReLU MLP) and start from the same weights. The
 script checks that their logits agree before timing. It times full training
 steps (forward, backward, AdamW) on the same batches of 3 x 3-digit problems,
 alternating the two models in rounds so that load from other processes affects

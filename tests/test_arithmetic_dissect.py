@@ -106,8 +106,9 @@ def test_explain_product_reports_each_digit():
     assert [step.place for step in explanation.steps] == [0, 1, 2, 3, -1]
     assert [step.expected for step in explanation.steps] == ["8", "0", "4", "0", "_"]
     first = explanation.steps[0]
-    assert len(first.attention) == 1 and len(first.attention[0]) == 2
-    assert len(first.attention[0][0]) == 6  # the query sees "12*34=" up to itself
+    assert len(first.attention) == 1  # layers
+    assert len(first.attention[0]) == 2  # heads
+    assert len(first.attention[0][0]) == 6  # keys: the query attends to "12*34=", itself included
 
 
 def test_explain_product_rejects_wide_operand():

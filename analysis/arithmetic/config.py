@@ -1,6 +1,6 @@
 """Run configuration for multiplication models: problem, model and training, with presets.
 
-A run is fully described by a ``RunConfig``; it is stored as ``config.json`` beside
+A ``RunConfig`` describes a run completely. It is stored as ``config.json`` beside
 every checkpoint, so a trained model can be rebuilt and its data regenerated
 without any other file.
 """

@@ -99,7 +99,7 @@ def _check_same_run(run_dir: Path, config: RunConfig) -> None:
                 changed.append(f"{section}.{key}")
     if changed:
         raise ConfigError(
-            f"{run_dir} holds a run with another configuration (differs in {', '.join(changed)}); "
+            f"{run_dir} contains a run with another configuration (differs in {', '.join(changed)}); "
             "pass another --out folder, or --force to start over."
         )
 
@@ -133,7 +133,7 @@ def train(
 
     if (run_dir / "config.json").is_file():
         if not resume:
-            raise ConfigError(f"{run_dir} already holds a run; pass --force to start over or another --out folder.")
+            raise ConfigError(f"{run_dir} already contains a run; pass --force to start over or another --out folder.")
         _check_same_run(run_dir, config)
     atomic_write_json(run_dir / "config.json", config.to_dict())
 
