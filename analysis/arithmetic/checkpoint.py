@@ -34,6 +34,7 @@ from analysis.paths import atomic_write_json
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT_VERSION = 1
+SHIPPED_RUNS = Path(__file__).resolve().parents[2] / "data" / "arith"
 CHECKPOINT_DIR = "checkpoint"
 PREVIOUS_CHECKPOINT_DIR = ".checkpoint.previous"
 
@@ -141,6 +142,14 @@ def read_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"{run_dir} has no config.json, so it is not a run folder; "
                               "pass a folder written by `workbench arith train`.")
     return RunConfig.from_dict(json.loads(path.read_text()))
+
+
+def list_runs(folder: Path | str = SHIPPED_RUNS) -> list[Path]:
+    """Return the run folders directly under ``folder`` (default: the checkpoints shipped in data/arith)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if (path / "config.json").is_file())
 
 
 def load_run(run_dir: Path | str):

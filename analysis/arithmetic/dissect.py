@@ -6,8 +6,10 @@ interrupted ``workbench arith dissect`` resumes with the parts still missing.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +24,16 @@ from analysis.paths import atomic_write_json, atomic_write_text
 from probes.arithmetic import TrainSampler, make_batch
 
 logger = logging.getLogger(__name__)
+
+
+def read_dissection(folder: Path | str) -> dict[str, Any]:
+    """Return every part written by ``run_dissection`` in ``folder``, keyed by file stem
+    (``attention``, ``carries``, ``probes``, ``curves``, ``patching_a0`` ...).
+
+    Values without data (NaN in the dataclasses) are ``None`` here, as in the files.
+    """
+    folder = Path(folder)
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
 
 
 def run_dissection(run_dir: Path, config: RunConfig, model: torch.nn.Module, out_dir: Path, parts: list[str],
