@@ -51,7 +51,7 @@ def read_result(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError) as error:
-        logger.warning("result file %s is unreadable (%s); it will be recomputed", path, error)
+        logger.warning("result file %s is unreadable (%s); treating it as missing", path, error)
         return None
     if data.get("format_version") != RESULT_FORMAT_VERSION or not data.get("complete"):
         return None
@@ -59,8 +59,12 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 
 def is_complete(path: Path, job: HeadsJob) -> bool:
+    """Whether ``path`` holds a complete result for the same tasks and methods (``top`` may differ)."""
     data = read_result(path)
-    return data is not None and data.get("job") == job.to_dict()
+    if data is None:
+        return False
+    stored = data.get("job", {})
+    return stored.get("tasks") == list(job.tasks) and stored.get("methods") == list(job.methods)
 
 
 def ranking_csv(scores: HeadScores, top: int) -> str:
@@ -99,6 +103,7 @@ def run_heads_for_model(
         "complete": True,
         "workbench_version": __version__,
         "model": model_info(model).to_dict(),
+        "requested_model": model_name,  # what to pass to load_model to get this model again
         "job": job.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
         "chance": {task.name: task.chance for task in tokenized},

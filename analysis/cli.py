@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -222,7 +221,9 @@ def dashboard(
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none"]
     console.print(f"Dashboard on http://{address}:{port}")
-    raise typer.Exit(subprocess.call(command, env=env))
+    # Replace this process with Streamlit so that signals (SIGTERM from a job
+    # runner, Ctrl-C) reach the server itself and no orphan keeps serving.
+    os.execve(sys.executable, command, env)
 
 
 from analysis.steering.cli import export, icv_app, steer, vectors_app  # noqa: E402

@@ -289,20 +289,28 @@ def _boot_from_folder(
 ) -> TransformerBridge:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(
-        folder, local_files_only=local_files_only, trust_remote_code=trust_remote_code
-    )
-    config.architectures = [_architecture_for(config)]
-    tokenizer = AutoTokenizer.from_pretrained(
-        folder, local_files_only=local_files_only, trust_remote_code=trust_remote_code
-    )
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        config=config,
-        dtype=dtype,
-        local_files_only=local_files_only,
-        trust_remote_code=trust_remote_code,
-    )
+    try:
+        config = AutoConfig.from_pretrained(
+            folder, local_files_only=local_files_only, trust_remote_code=trust_remote_code
+        )
+        config.architectures = [_architecture_for(config)]
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=local_files_only, trust_remote_code=trust_remote_code
+        )
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            config=config,
+            dtype=dtype,
+            local_files_only=local_files_only,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, KeyError) as error:
+        # transformers reports a bad config.json, a missing tokenizer or missing
+        # weights with these types; name the folder and what it needs.
+        raise ModelLoadError(
+            f"Could not load a causal language model from {folder}: {error}. The folder needs "
+            "config.json, tokenizer files and weights, as written by save_pretrained."
+        ) from error
     hf_model.eval()
     bridge = TransformerBridge.boot_transformers(
         str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device

@@ -176,7 +176,15 @@ class ActivationStore:
     """A folder of entries with LRU eviction under a byte cap."""
 
     def __init__(self, root: Path | None = None, max_bytes: int | None = None):
-        self.root = Path(root) if root is not None else workbench_home() / "store"
+        if root is None:
+            try:
+                root = workbench_home() / "store"
+            except OSError as error:
+                raise StoreError(
+                    f"The workbench cache folder cannot be created ({error}). "
+                    "Set INTERP_WORKBENCH_HOME to a writable folder."
+                ) from error
+        self.root = Path(root)
         if max_bytes is None:
             max_gb = float(os.environ.get("INTERP_WORKBENCH_STORE_MAX_GB", DEFAULT_MAX_GB))
             max_bytes = int(max_gb * 1e9)

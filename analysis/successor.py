@@ -81,14 +81,25 @@ class HeadScores:
     def grid(self, method: str, task: str) -> Tensor:
         return torch.tensor(self.scores[method][task])
 
-    def ranking(self, method: str, top: int | None = None) -> list[HeadRank]:
-        """Rank heads by their mean score over the tasks that have at least one successor pair."""
-        usable = [task.name for task in self.tasks if task.successor_pairs()]
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeadScores":
+        """Rebuild scores from ``to_dict()`` output or a result file."""
+        return cls(
+            n_layers=int(data["n_layers"]),
+            n_heads=int(data["n_heads"]),
+            tasks=[TokenizedTask.from_dict(task) for task in data["tasks"]],
+            scores={method: data["scores"][method] for method in data["scores"]},
+        )
+
+    def ranking(self, method: str, top: int | None = None, task: str | None = None) -> list[HeadRank]:
+        """Rank heads by their mean score over the tasks that have a successor pair, or by one ``task``."""
+        usable = [t.name for t in self.tasks if t.successor_pairs() and (task is None or t.name == task)]
         if not usable:
             return []
         stacked = torch.stack([self.grid(method, name) for name in usable])  # [task, layer, head]
         mean = stacked.mean(0)
-        order = torch.argsort(mean.flatten(), descending=True).tolist()
+        # Stable sort: ties (common, scores are multiples of 1/n_pairs) keep layer-then-head order.
+        order = torch.sort(mean.flatten(), descending=True, stable=True).indices.tolist()
         ranks = []
         for flat in order[: top or len(order)]:
             layer, head = divmod(flat, self.n_heads)

@@ -63,6 +63,7 @@ typed = right.text_input(
 
 if typed and not Path(typed).expanduser().exists():
     # Checked here because load_model would treat an unknown path as a hub id and try the network.
+    logger.info("model path %r not found", typed)
     st.error(f"No file or folder at {typed!r}. Enter the path of a Hugging Face model folder or a .gguf file.")
     st.stop()
 
@@ -103,13 +104,13 @@ else:
         {
             "file": result.path.name,
             "model": result.model_name or "?",
+            "status": "complete" if result.usable else "not usable",
+            "in picker": result.reloadable,
             "source": result.source or "?",
             "fingerprint": result.fingerprint[:FINGERPRINT_CHARS],
             "tasks": len(result.tasks),
             "methods": ", ".join(result.methods),
             "seconds": result.seconds,
-            "status": "complete" if result.usable else "not usable",
-            "in picker": result.reloadable,
         }
         for result in results
     ])

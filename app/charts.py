@@ -1,4 +1,4 @@
-"""Plotly figures for the dashboard; they draw numbers and compute none."""
+"""Plotly figures for the dashboard. They draw numbers and compute none."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Caches live as long as the Streamlit server process:
 * ``get_model`` uses ``st.cache_resource`` keyed by the model name string: one
   model object per name, shared by every browser session.
 * head scores and OV top tokens use ``st.cache_data`` keyed by model name,
-  task names and the head; the model itself is never part of a cache key.
+  task names and the head. The model object is never part of a cache key.
 """
 
 from __future__ import annotations
@@ -20,20 +20,25 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import streamlit as st
 from transformer_lens.model_bridge import TransformerBridge
 
 from analysis.batch import read_result, result_paths
 from analysis.models import DEFAULT_MODEL, ModelLoadError, known_aliases, load_model, model_info
+from analysis.store import StoreError
 from analysis.successor import METHODS, HeadRank, HeadScores, ov_top_tokens, search_heads
 from probes.ordinal import TokenizedTask, get_tasks, tokenize_task
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 RESULTS_ENV = "INTERP_WORKBENCH_RESULTS"
 DEFAULT_RESULTS_DIR = Path("results")  # the default of `workbench heads --out`
 MODEL_KEY = "model_name"  # st.session_state key for the model chosen on the Home page
+LOAD_SPINNER = "Loading the model (seconds once cached; building the cache first takes about a minute)…"
 
 # Model names in result files that `load_model` can load again by that name.
 # A .gguf result stores the file's stem and a native model has no source, so
@@ -140,9 +145,9 @@ def model_choices(results: list[ResultFile]) -> list[str]:
 # -- the model -----------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading the model (about 10 s; a first build of the default model takes about a minute)…")
+@st.cache_resource(show_spinner=LOAD_SPINNER)
 def get_model(name: str) -> TransformerBridge:
-    """Load ``name`` once per server process; a failed load is not cached, so a retry loads again."""
+    """Load ``name`` once per server process. A failed load is not cached, so a retry loads again."""
     return load_model(name)
 
 
@@ -170,6 +175,27 @@ def load_model_or_stop(name: str) -> TransformerBridge:
     st.stop()
 
 
+def run_or_stop(function: Callable[..., T], *args: Any) -> T:
+    """Return ``function(*args)``, or show an activation-store failure and stop the page run.
+
+    The head search and the OV readout keep activations in the store under
+    ``$INTERP_WORKBENCH_HOME``. A full disk or an unusable folder there raises
+    ``StoreError``, or a bare ``OSError`` when the folder cannot even be created.
+    """
+    try:
+        return function(*args)
+    except StoreError as error:  # its message already names the folder and the fix
+        logger.warning("activation store failed in %s: %s", getattr(function, "__name__", function), error)
+        st.error(f"The activation store failed: {error}")
+    except OSError as error:
+        logger.warning("activation store failed in %s: %s", getattr(function, "__name__", function), error)
+        st.error(
+            f"The activation store failed: {error}. Set INTERP_WORKBENCH_HOME to a writable folder "
+            "with free space and reload the page."
+        )
+    st.stop()
+
+
 # -- tasks and head scores -----------------------------------------------------
 
 
@@ -187,38 +213,19 @@ def computed_scores(model_name: str, names: tuple[str, ...]) -> HeadScores:
         return search_heads(model, tasks, METHODS)
 
 
-def _task_from_dict(data: dict) -> TokenizedTask:
-    """Rebuild a ``TokenizedTask`` from its ``to_dict()`` form in a result file."""
-    return TokenizedTask(
-        name=data["name"],
-        items=tuple(data["items"]),
-        forms=tuple(data["forms"]),
-        token_ids=tuple(data["token_ids"]),
-        positions=tuple(data["positions"]),
-        cyclic=bool(data["cyclic"]),
-        task_length=int(data["task_length"]),
-        dropped=tuple(data.get("dropped", ())),
-    )
-
-
-def _scores_from_result(data: dict) -> HeadScores:
-    return HeadScores(
-        n_layers=int(data["n_layers"]),
-        n_heads=int(data["n_heads"]),
-        tasks=[_task_from_dict(task) for task in data["tasks"]],
-        scores={method: data["scores"][method] for method in METHODS},
-    )
-
-
 def _result_mismatch(data: dict, fingerprint: str, names: tuple[str, ...]) -> str | None:
     """Return why a complete result file cannot stand in for a fresh search, or None if it can."""
     if data.get("model", {}).get("fingerprint") != fingerprint:
         return "it was computed from other weights (fingerprint differs)"
     if tuple(data.get("job", {}).get("tasks", ())) != names:
         return "it covers other tasks"
-    missing = [method for method in METHODS if method not in data.get("scores", {})]
+    scores = data.get("scores", {})
+    missing = [method for method in METHODS if method not in scores]
     if missing:
         return f"it lacks the method(s) {', '.join(missing)}"
+    unscored = sorted({name for method in METHODS for name in names if name not in scores[method]})
+    if unscored:
+        return f"it has no scores for the task(s) {', '.join(unscored)}"
     return None
 
 
@@ -226,7 +233,7 @@ def head_scores(model_name: str, names: tuple[str, ...]) -> tuple[HeadScores, st
     """Return the head scores and a sentence saying where they came from.
 
     A complete result file for the same weights, tasks and methods is read
-    instead of searching again; anything else is computed and cached.
+    instead of searching again. Otherwise the scores are computed and cached.
     """
     fingerprint = model_info(get_model(model_name)).fingerprint
     try:
@@ -240,25 +247,19 @@ def head_scores(model_name: str, names: tuple[str, ...]) -> tuple[HeadScores, st
         mismatch = _result_mismatch(data, fingerprint, names)
         if mismatch is None:
             try:
-                return _scores_from_result(data), f"Scores read from {path}."
+                return HeadScores.from_dict(data), f"Scores read from {path}."
             except (KeyError, TypeError, ValueError) as error:
                 mismatch = f"it is malformed ({type(error).__name__}: {error})"
                 logger.warning("result file %s is malformed: %s", path, error)
         scores = computed_scores(model_name, names)
-        return scores, f"Scores computed in this server process; {path} was not used because {mismatch}."
+        return scores, f"Scores computed in this server process. {path} was not used because {mismatch}."
 
     return computed_scores(model_name, names), "Scores computed in this server process (no result file for this model)."
 
 
 def task_ranking(scores: HeadScores, method: str, task_name: str, top: int) -> list[HeadRank]:
-    """Rank heads by one task's score alone.
-
-    ``HeadScores.ranking`` ranks by the mean over tasks; restricting a copy to
-    one task reuses it, so ties break the same way as in the CLI's ranking.
-    """
-    task = next(task for task in scores.tasks if task.name == task_name)
-    single = HeadScores(scores.n_layers, scores.n_heads, [task], {method: {task_name: scores.scores[method][task_name]}})
-    return single.ranking(method, top)
+    """Rank heads by one task's score alone."""
+    return scores.ranking(method, top, task=task_name)
 
 
 @st.cache_data(show_spinner="Reading the head's OV circuit…")

@@ -89,6 +89,20 @@ class TokenizedTask:
         """Score of a head that picks a random task token: 1 / number of kept items."""
         return 1.0 / len(self.items) if self.items else 0.0
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TokenizedTask":
+        """Rebuild a task from its ``to_dict()`` form (as stored in result files)."""
+        return cls(
+            name=data["name"],
+            items=tuple(data["items"]),
+            forms=tuple(data["forms"]),
+            token_ids=tuple(data["token_ids"]),
+            positions=tuple(data["positions"]),
+            cyclic=bool(data["cyclic"]),
+            task_length=int(data["task_length"]),
+            dropped=tuple(data.get("dropped", ())),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["chance"] = self.chance

@@ -1,4 +1,4 @@
-"""Fixtures shared by several test modules; each fixture is independent, so add new ones below."""
+"""Fixtures shared by several test modules. Each fixture stands alone, so add new ones below."""
 
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ def results_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield folder
 
 
-@pytest.fixture(scope="session")
-def hub_offline() -> Iterator[None]:
-    """Set ``HF_HUB_OFFLINE=1`` until the session ends, so a name that is not local fails at once.
+@pytest.fixture
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set ``HF_HUB_OFFLINE=1`` for one test, so a model name that is not local fails at once.
 
     ``analysis.models.hub_is_reachable`` reads the variable on each call, and
     without it an unknown model name opens a connection to huggingface.co.
     """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -29,13 +30,13 @@ from streamlit.testing.v1 import AppTest
 from analysis.batch import RESULT_FORMAT_VERSION, HeadsJob, run_heads_for_model
 from analysis.models import DEFAULT_MODEL
 from analysis.successor import METHODS
-from probes.ordinal import get_tasks
+from probes.ordinal import TASKS, OrdinalTask, get_tasks
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "app"
-HOME = APP_DIR / "Home.py"
+HOME_PAGE = APP_DIR / "Home.py"
 SUCCESSOR_PAGE = "pages/1_Successor_heads.py"  # relative to Home.py, as AppTest.switch_page expects
 SUCCESSOR_URL_PATH = "Successor_heads"  # Streamlit's URL for pages/1_Successor_heads.py
 TIMEOUT_S = 180  # a model load plus the head search took 20-45 s on a 2-core CPU; this leaves room
@@ -61,6 +62,19 @@ def _load_state_module() -> ModuleType:
     return module
 
 
+@pytest.fixture(autouse=True)
+def restore_main_module() -> Iterator[None]:
+    """Put pytest's ``__main__`` module back after each test.
+
+    Streamlit's script runner installs each page as ``sys.modules["__main__"]``
+    and AppTest leaves it there. A later test that starts processes with the
+    "spawn" method would then make each child re-run app/Home.py, which fails.
+    """
+    main_module = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main_module
+
+
 @pytest.fixture(scope="module")
 def state() -> ModuleType:
     return _load_state_module()
@@ -83,7 +97,7 @@ def _write_result(folder: Path, stem: str, *, name: str, source: str, fingerprin
 
 
 def _home() -> AppTest:
-    return AppTest.from_file(str(HOME), default_timeout=TIMEOUT_S).run(timeout=TIMEOUT_S)
+    return AppTest.from_file(str(HOME_PAGE), default_timeout=TIMEOUT_S).run(timeout=TIMEOUT_S)
 
 
 def _successor_page() -> AppTest:
@@ -192,6 +206,7 @@ def test_model_choices_only_reloadable(tmp_path: Path, state: ModuleType) -> Non
         ({"model": {"fingerprint": "other"}}, "other weights"),
         ({"job": {"tasks": ["days"]}}, "other tasks"),
         ({"scores": {"ov_mlp0": {}}}, "lacks the method"),
+        ({"scores": {method: {"days": []} for method in METHODS}}, "no scores for the task(s) months"),
     ],
 )
 def test_result_mismatch_reason(state: ModuleType, change: dict, reason: str | None) -> None:
@@ -199,7 +214,7 @@ def test_result_mismatch_reason(state: ModuleType, change: dict, reason: str | N
     data = {
         "model": {"fingerprint": "same"},
         "job": {"tasks": list(names)},
-        "scores": {method: {} for method in METHODS},
+        "scores": {method: {name: [] for name in names} for method in METHODS},
     }
     data.update(change)
 
@@ -319,6 +334,43 @@ def test_successor_page_dla_method(results_dir: Path, hub_offline: None) -> None
 
 
 @pytest.mark.integration
+def test_successor_page_task_without_items(monkeypatch: pytest.MonkeyPatch, results_dir: Path,
+                                           hub_offline: None) -> None:
+    # These nonsense words are several tokens each in Gemma's tokenizer, so the task keeps no item.
+    unsplittable = OrdinalTask("unsplittable", ("qzxjvkwqp", "vqxzjkwpq", "jxqvzkpwq"))
+    monkeypatch.setitem(TASKS, unsplittable.name, unsplittable)
+    app = _successor_page()
+    app.selectbox(key="task").set_value(unsplittable.name).run(timeout=TIMEOUT_S)
+
+    assert not app.exception, app.exception
+    assert any("no successor pair" in warning.value for warning in app.warning)
+    assert any("kept no items" in info.value for info in app.info)
+    assert _chart_spec(app, "heatmap")["data"][0]["type"] == "heatmap"
+    assert not [chart for chart in app.get("plotly_chart") if "top_heads" in chart.proto.id]
+
+
+@pytest.mark.integration
+def test_successor_page_store_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, results_dir: Path,
+                                      hub_offline: None) -> None:
+    app = _home()  # loads the model while the cache folder still works
+    assert not app.exception, app.exception
+
+    # A new task set misses the in-process score cache, so the search runs and opens the store.
+    extra = OrdinalTask("store_probe", ("one", "two", "three"))
+    monkeypatch.setitem(TASKS, extra.name, extra)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("INTERP_WORKBENCH_HOME", str(blocker / "home"))  # mkdir below a file fails
+    app.switch_page(SUCCESSOR_PAGE).run(timeout=TIMEOUT_S)
+
+    assert not app.exception, app.exception
+    assert len(app.error) == 1
+    assert "activation store failed" in app.error[0].value
+    assert "INTERP_WORKBENCH_HOME" in app.error[0].value
+    assert not app.get("plotly_chart")
+
+
+@pytest.mark.integration
 def test_successor_page_reads_result_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           hub_offline: None) -> None:
     tasks = get_tasks()
@@ -352,7 +404,7 @@ def test_browser_renders_heatmap(tmp_path: Path, results_dir: Path) -> None:
     log_path = tmp_path / "streamlit.log"
     screenshot = tmp_path / "successor_heads.png"
     env = dict(os.environ, INTERP_WORKBENCH_RESULTS=str(results_dir), HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "streamlit", "run", str(HOME),
+    command = [sys.executable, "-m", "streamlit", "run", str(HOME_PAGE),
                "--server.address", "127.0.0.1", "--server.port", str(port),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none"]
@@ -370,7 +422,7 @@ def test_browser_renders_heatmap(tmp_path: Path, results_dir: Path) -> None:
                 page.wait_for_selector("[data-testid='stDataFrame']", timeout=TIMEOUT_S * 1000)
                 # The status widget shows while the script runs; hidden means the page is complete.
                 page.wait_for_selector("[data-testid='stStatusWidget']", state="hidden", timeout=TIMEOUT_S * 1000)
-                heatmaps = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").count()
+                plotly_charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").count()
                 exceptions = page.locator("[data-testid='stException']").count()
                 # Streamlit scrolls inside its own container, so the tall viewport, not
                 # full_page, is what gets the whole page into the screenshot.
@@ -384,7 +436,7 @@ def test_browser_renders_heatmap(tmp_path: Path, results_dir: Path) -> None:
     watcher_errors = [line for line in log_text.splitlines()
                       if "watch" in line.lower() and ("error" in line.lower() or "limit" in line.lower())]
     png = screenshot.read_bytes()
-    assert heatmaps >= 2  # the heatmap and the top-heads bar chart
+    assert plotly_charts >= 2  # the heatmap and the top-heads bar chart
     assert exceptions == 0
     assert png.startswith(PNG_SIGNATURE)
     assert len(png) > 10_000  # a blank page of this size compresses to far less

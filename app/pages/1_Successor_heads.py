@@ -39,7 +39,7 @@ st.caption(f"Model: **{info.name}** ({info.source}, fingerprint {info.fingerprin
 st.page_link("Home.py", label="Change the model on Home", icon=":material/home:")
 
 task_names = state.task_names()
-scores, origin = state.head_scores(model_name, task_names)
+scores, origin = state.run_or_stop(state.head_scores, model_name, task_names)
 st.caption(origin)
 tasks = {task.name: task for task in scores.tasks}
 
@@ -66,7 +66,8 @@ if is_ov:
 else:
     title = f"{task_name}: mean direct logit attribution to the next item ({units})"
 grid = scores.scores[method][task_name]
-st.plotly_chart(charts.head_heatmap(grid, title=title, units=units, chance=task.chance if is_ov else None), key="heatmap")
+heatmap = charts.head_heatmap(grid, title=title, units=units, chance=task.chance if is_ov else None)
+st.plotly_chart(heatmap, key="heatmap")
 
 ranks = state.task_ranking(scores, method, task_name, TOP_HEADS)
 if ranks:
@@ -97,38 +98,43 @@ k = columns[2].slider("Top k", min_value=1, max_value=10, value=5, key="top_k")
 scope = columns[3].radio("Rank over", tuple(SCOPE_LABELS), format_func=SCOPE_LABELS.get,
                          horizontal=True, key="scope")
 
-rows = state.top_tokens(model_name, layer, head, task_name, table_method, k, scope)
-table = []
-for row in rows:
-    record = {"item": row["item"], "expected": row["expected"]}
-    # NOTE: a text match, because ov_top_tokens returns decoded strings; a token
-    # that decodes to the expected item with other whitespace also counts.
-    stripped = [token.strip() for token in row["top_tokens"]]
-    record["expected rank"] = stripped.index(row["expected"]) + 1 if row["expected"] in stripped else None
-    for rank, (token, logit) in enumerate(zip(row["top_tokens"], row["top_logits"]), start=1):
-        record[f"top {rank}"] = f"{token!r} ({logit:.2f})"
-    table.append(record)
-st.caption(
-    f"L{layer}H{head} on {task_name}: top {k} tokens ({SCOPE_LABELS[scope]}) by logit, "
-    f"read through `{table_method}`. Tokens are quoted so leading spaces show."
-)
-frame = pd.DataFrame(table)
-frame["expected rank"] = frame["expected rank"].astype("Int64")  # integers with gaps, not floats
-st.dataframe(frame, hide_index=True)
+if not task.items:
+    st.info(f"Task {task_name} kept no items for this tokenizer, so there is nothing to read out.")
+else:
+    rows = state.run_or_stop(state.top_tokens, model_name, layer, head, task_name, table_method, k, scope)
+    table = []
+    for row in rows:
+        record = {"item": row["item"], "expected": row["expected"]}
+        # NOTE: a text match, because ov_top_tokens returns decoded strings. A token
+        # that decodes to the expected item with other whitespace also counts.
+        stripped = [token.strip() for token in row["top_tokens"]]
+        record["expected rank"] = stripped.index(row["expected"]) + 1 if row["expected"] in stripped else None
+        for rank, (token, logit) in enumerate(zip(row["top_tokens"], row["top_logits"]), start=1):
+            record[f"top {rank}"] = f"{token!r} ({logit:.2f})"
+        table.append(record)
+
+    st.caption(
+        f"L{layer}H{head} on {task_name}: top {k} tokens ({SCOPE_LABELS[scope]}) by logit, "
+        f"read through `{table_method}`. Tokens are quoted so leading spaces show."
+    )
+    frame = pd.DataFrame(table)
+    frame["expected rank"] = frame["expected rank"].astype("Int64")  # integers with gaps, not floats
+    st.dataframe(frame, hide_index=True)
 
 
 # -- dropped items --------------------------------------------------------------
 
 dropped = [
-    {"task": each.name, "item": item["item"], "reason": item["reason"]}
-    for each in scores.tasks
-    for item in each.dropped
+    {"task": scored_task.name, "item": item["item"], "reason": item["reason"]}
+    for scored_task in scores.tasks
+    for item in scored_task.dropped
 ]
 with st.expander(f"Items dropped from the tasks ({len(dropped)})"):
     if not dropped:
         st.write("None: every item of every task is a single token for this tokenizer.")
     else:
-        for each in scores.tasks:
-            if each.dropped:
-                st.markdown(f"**{each.name}**: kept {len(each.items)} of {each.task_length} items.")
+        for scored_task in scores.tasks:
+            if scored_task.dropped:
+                st.markdown(f"**{scored_task.name}**: kept {len(scored_task.items)} of "
+                            f"{scored_task.task_length} items.")
         st.dataframe(pd.DataFrame(dropped), hide_index=True)
