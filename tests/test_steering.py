@@ -158,3 +158,37 @@ def test_load_rejects_foreign_file(tmp_path):
         SteeringVector.load(tmp_path / "other.safetensors")
     with pytest.raises(VectorError, match="does not exist"):
         SteeringVector.load(tmp_path / "missing.safetensors")
+
+
+def test_erasure_removes_the_component(model):
+    from analysis.steering.concepts import erasing
+
+    vector = random_vector(model)
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    with erasing(model, vector):
+        _, cache = model.run_with_cache(tokens, prepend_bos=False)
+    for layer in range(model.cfg.n_layers):
+        resid = cache[f"blocks.{layer}.hook_resid_post"]
+        unit = vector.directions[layer] / vector.directions[layer].norm()
+        assert (resid @ unit).abs().max().item() < 1e-3
+
+
+def test_inhibition_audit_finds_restoring_vector(model):
+    from analysis.steering.concepts import inhibition_audit
+
+    concept = random_vector(model, 0)
+    # A candidate equal to the concept's own direction must restore a behaviour defined on it.
+    helper = random_vector(model, 0)
+    unrelated = random_vector(model, 5)
+    tokens = torch.tensor([[1, 2, 3]])
+    unit = concept.directions[-1] / concept.directions[-1].norm()
+
+    def behaviour() -> float:
+        _, cache = model.run_with_cache(tokens, prepend_bos=False)
+        return float(cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][0, -1] @ unit) + 100.0
+
+    result = inhibition_audit(model, concept, {"unrelated": unrelated, "same": helper}, behaviour,
+                              strengths=(1.0, 2.0))
+    assert result.erased == pytest.approx(100.0, abs=1e-3)
+    assert "same" in result.weights
+    assert result.restored > result.erased
