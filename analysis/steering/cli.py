@@ -62,6 +62,29 @@ def icv_build(
                   f"{100 * vector.extra['explained_variance']:.1f}% of the variance")
 
 
+@icv_app.command("report")
+def icv_report(
+    model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, hub id, folder or .gguf file."),
+    out: Path = typer.Option(Path("results/steering-report.json"), "--out", help="Output JSON file."),
+    n_pairs: int = typer.Option(24, "--pairs", help="Demonstration pairs per vector."),
+    n_inputs: int = typer.Option(8, "--inputs", help="Held-out inputs per measurement."),
+) -> None:
+    """Run the steering experiments (sweep, composition, analogy, inhibition) and write JSON."""
+    import logging
+
+    from analysis.models import ModelLoadError, load_model
+    from analysis.steering.report import steering_report
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        bridge = load_model(model)
+    except ModelLoadError as error:
+        _fail(error)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = steering_report(bridge, out, n_pairs, n_inputs)
+    console.print(f"wrote {out} in {report['seconds']:.0f} s")
+
+
 def steer(
     model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, hub id, folder or .gguf file."),
     vector: Path = typer.Option(..., "--vector", help="Steering vector (.safetensors)."),
