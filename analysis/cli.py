@@ -20,6 +20,15 @@ console = Console()
 APP_HOME = Path(__file__).resolve().parent.parent / "app" / "Home.py"
 
 
+@app.callback()
+def main() -> None:
+    """interp-workbench: successor heads, steering vectors, arithmetic circuits."""
+    # transformers draws a "Loading weights" bar on every load; ours are enough.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
