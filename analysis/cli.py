@@ -223,7 +223,7 @@ def dashboard(
     address: str = typer.Option("127.0.0.1", "--address", help="Interface to bind; 0.0.0.0 exposes it to the network."),
     results: Path = typer.Option(Path("results"), "--results", help="Folder of head-search results to show."),
 ) -> None:
-    """Start the Streamlit dashboard (localhost only unless --address says otherwise)."""
+    """Start the Streamlit dashboard, bound to 127.0.0.1 unless --address names another interface."""
     env = dict(os.environ, INTERP_WORKBENCH_RESULTS=str(results.resolve()))
     command = [sys.executable, "-m", "streamlit", "run", str(APP_HOME),
                "--server.address", address, "--server.port", str(port),
