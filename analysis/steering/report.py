@@ -38,7 +38,7 @@ def _pairs(name: str) -> list[tuple[str, str]]:
 
 def steering_report(
     model: TransformerBridge, out: Path, n_pairs: int = 24, n_inputs: int = 8,
-    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0),
+    strengths: tuple[float, ...] = (1.0, 2.0, 4.0),
 ) -> dict:
     started = time.perf_counter()
     report: dict = {"n_pairs": n_pairs, "n_inputs": n_inputs}
@@ -54,6 +54,7 @@ def steering_report(
     inputs = load_inputs(shipped_heldout("sentiment"))[:n_inputs]
     sweep = evaluate_sweep(model, vectors["sentiment"], inputs, _pairs("sentiment"), strengths)
     report["sentiment_sweep"] = results_to_dicts(sweep)
+    atomic_write_json(Path(out), report)  # keep finished sections if a later one is interrupted
 
     # Composition: sentiment + politeness on rude inputs; both measures for a, b and a + b.
     rude = load_inputs(shipped_heldout("politeness"))[:n_inputs]
@@ -67,6 +68,7 @@ def steering_report(
                                        ("politeness", vectors["politeness"]), ("sentiment + politeness", combined))],
     }
     logger.info("composition done")
+    atomic_write_json(Path(out), report)  # keep finished sections if a later one is interrupted
 
     # Analogy on the 2x2 grid: relation (capital, antonym) x case (as written, upper).
     grid = {"AC": _pairs("fv_country_capital"), "AD": _pairs("fv_country_capital_upper"),
@@ -74,17 +76,18 @@ def steering_report(
     analogy = analogy_report(model, grid, n_train=n_pairs)
     report["analogy"] = asdict(analogy)
     logger.info("analogy done")
+    atomic_write_json(Path(out), report)  # keep finished sections if a later one is interrupted
 
     # Inhibition: erase the sentiment direction, measure in-context positive rewriting, try to restore it.
     shots = _pairs("sentiment")[:8]
     few_shot = [few_shot_prompt(text, shots) for text in inputs]
 
     def positive_rewriting() -> float:
-        outputs = generate_batch(model, few_shot, 16)
+        outputs = generate_batch(model, few_shot, 12)
         return statistics.fmean(sentiment([o.text.strip().split("\n")[0] for o in outputs]))
 
     audit = inhibition_audit(model, vectors["sentiment"], {k: v for k, v in vectors.items() if k != "sentiment"},
-                             positive_rewriting, strengths=(1.0, 2.0, 4.0))
+                             positive_rewriting, strengths=(2.0, 4.0))
     report["inhibition"] = asdict(audit) | {"removed_share": audit.removed_share,
                                             "restored_share": audit.restored_share}
     report["seconds"] = round(time.perf_counter() - started, 1)
