@@ -92,8 +92,9 @@ class ProblemSpec:
     """An ``n_a`` x ``n_b``-digit multiplication task in one format.
 
     ``simple_share`` is the fraction of training problems whose multiplier ``b``
-    is a single nonzero digit times a power of ten (Qiu et al. 2024 use 45% in
-    their released code). The test set never contains simple problems on purpose.
+    is a single nonzero digit times a power of ten (45% is the share reported for
+    the released code of Qiu et al. 2024). The test set never contains simple
+    problems, so it measures the full task.
     """
 
     n_a: int = 3

@@ -128,8 +128,9 @@ def _preset(name: str, problem: ProblemSpec, model: ModelConfig, train: TrainCon
 
 
 PRESETS: dict[str, RunConfig] = {
-    # The released configuration of Qiu et al. 2024 (5 x 5 digits, reversed answer,
-    # 45% simple problems): 200k steps of batch 64, far beyond a laptop CPU.
+    # The configuration reported for the released code of Qiu et al. 2024 (5 x 5
+    # digits, reversed answer, 45% simple problems): 200k steps of batch 64, far
+    # beyond a laptop CPU. NOTE: not checked against that code, and never run here.
     "qiu2024": _preset(
         "qiu2024",
         ProblemSpec(5, 5, get_format("padded-reversed"), simple_share=0.45),
@@ -154,7 +155,7 @@ PRESETS: dict[str, RunConfig] = {
         TrainConfig(steps=2000, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=250,
                     eval_size=500, checkpoint_every=500, test_size=2000),
     ),
-    # 4 x 4 digits on a laptop CPU.
+    # 4 x 4 digits on a laptop CPU. NOTE: never run; the step count is an estimate.
     "cpu-4x4": _preset(
         "cpu-4x4",
         ProblemSpec(4, 4, get_format("padded-reversed")),
