@@ -24,9 +24,11 @@ PATH_KEY = "home_model_path"
 st.set_page_config(page_title="interp-workbench", layout="wide")
 st.title("interp-workbench")
 st.markdown(
-    "A workbench for mechanistic interpretability. Pick a model here, then open "
-    "**Successor heads** in the sidebar to see which attention heads map an ordinal "
-    "item (Monday, 3, March) to the next one."
+    "A workbench for mechanistic interpretability. Pick a model here, then open a page in the "
+    "sidebar: **Successor heads** shows which attention heads map an ordinal item (Monday, 3, "
+    "March) to the next one, **Activation explorer** shows one prompt's attention patterns, "
+    "logit lens and per-head logit attribution, and **Steering** builds an in-context vector "
+    "and steers generation with it."
 )
 
 
@@ -87,6 +89,9 @@ if info.path:
     st.caption(f"Weights: {info.path}")
 
 st.page_link("pages/1_Successor_heads.py", label="Open the successor-head search", icon=":material/arrow_forward:")
+st.page_link("pages/2_Activation_explorer.py", label="Explore one prompt's activations",
+             icon=":material/arrow_forward:")
+st.page_link("pages/3_Steering.py", label="Build and steer with an in-context vector", icon=":material/arrow_forward:")
 
 
 # -- cached results -------------------------------------------------------------
