@@ -403,7 +403,7 @@ def test_browser_explorer_page(tmp_path: Path, results_dir: Path) -> None:
     server, port, log_path = _start_server(tmp_path, results_dir)
 
     try:
-        _wait_for_health(port, server, log_path, timeout_s=60)
+        _wait_for_health(port, server, log_path, timeout_s=120)
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             try:
@@ -442,7 +442,7 @@ def test_browser_steering_page(tmp_path: Path, results_dir: Path) -> None:
     server, port, log_path = _start_server(tmp_path, results_dir)
 
     try:
-        _wait_for_health(port, server, log_path, timeout_s=60)
+        _wait_for_health(port, server, log_path, timeout_s=120)
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             try:
