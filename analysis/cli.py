@@ -78,9 +78,22 @@ def heads(
         overall = bar.add_task("models", total=len(names))
         for name in names:
             json_path, csv_path = result_paths(out, name)
+            existing = read_result(json_path)
             if not force and is_complete(json_path, job):
-                console.print(f"[dim]{name}: result already complete in {json_path}, skipped[/dim]")
-                result = read_result(json_path)
+                console.print(f"[dim]{name}: result already complete in {json_path}, skipped; "
+                              "showing it (--force recomputes)[/dim]")
+                _print_result(existing, json_path, csv_path, wrote=False)
+                bar.advance(overall)
+                continue
+            if existing is not None and not force:
+                # A complete result for other tasks or methods would be lost by overwriting it.
+                console.print(f"[red]{name}: {json_path} holds a complete result for tasks "
+                              f"{', '.join(existing['job']['tasks'])} and methods "
+                              f"{', '.join(existing['job']['methods'])}; pass --force to replace it, "
+                              "or use another --out folder.[/red]")
+                failures += 1
+                bar.advance(overall)
+                continue
             else:
                 def step(label: str, name: str = name) -> None:
                     bar.update(overall, description=f"{name}: {label}")
@@ -98,7 +111,7 @@ def heads(
         raise typer.Exit(code=1)
 
 
-def _print_result(result: dict, json_path: Path, csv_path: Path) -> None:
+def _print_result(result: dict, json_path: Path, csv_path: Path, wrote: bool = True) -> None:
     model_name = result["model"]["name"]
     for task in result["tasks"]:
         if task["dropped"]:
@@ -116,7 +129,8 @@ def _print_result(result: dict, json_path: Path, csv_path: Path) -> None:
             table.add_row(str(rank), head["label"], f"{head['mean_score']:.3f}",
                           f"{best} ({head['per_task'][best]:.2f})")
         console.print(table)
-    console.print(f"Wrote {json_path} and {csv_path}")
+    if wrote:
+        console.print(f"Wrote {json_path} and {csv_path}")
 
 
 cache_app = typer.Typer(help="Inspect and manage the activation store.", no_args_is_help=True)
@@ -149,8 +163,13 @@ def cache_ls() -> None:
 @cache_app.command("verify")
 def cache_verify(entry_id: Optional[str] = typer.Argument(None, help="Entry id prefix (default: all).")) -> None:
     """Check every file's size and content hash; exit 1 if any entry is damaged."""
+    from analysis.store import StoreError
+
     store = _store()
-    entries = [store.find(entry_id)] if entry_id else store.entries()
+    try:
+        entries = [store.find(entry_id)] if entry_id else store.entries()
+    except StoreError as error:
+        raise typer.BadParameter(str(error), param_hint="ENTRY_ID") from error
     damaged = 0
     for entry in entries:
         problems = store.verify(entry)
@@ -205,7 +224,13 @@ def cache_build(
         texts = [line for line in prompts.read_text().splitlines() if line.strip()]
     except OSError as error:
         raise typer.BadParameter(f"cannot read {prompts}: {error.strerror}", param_hint="--prompts") from error
-    picked = positions if positions in ("all", "last") else [int(p) for p in _split(positions)]
+    if batch_size < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    try:
+        picked = positions if positions in ("all", "last") else [int(p) for p in _split(positions)]
+    except ValueError as error:
+        raise typer.BadParameter(f"{positions!r} is not 'all', 'last' or comma-separated integers",
+                                 param_hint="--positions") from error
     try:
         bridge = load_model(model)
         entry = cached_activations(bridge, texts, _split(hooks), positions=picked, batch_size=batch_size,

@@ -96,6 +96,8 @@ def load_model(
         raise ModelLoadError(
             f"Model path {name!r} is neither a .gguf file nor a Hugging Face folder with config.json."
         )
+    elif name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf"):
+        raise ModelLoadError(f"Model path {name!r} does not exist; check the path.")
     else:
         bridge, info = _load_from_hub(name, device=device, dtype=dtype,
                                       trust_remote_code=trust_remote_code, timeout_s=hub_timeout_s)
@@ -308,7 +310,7 @@ def _boot_from_folder(
         # transformers reports a bad config.json, a missing tokenizer or missing
         # weights with these types; name the folder and what it needs.
         raise ModelLoadError(
-            f"Could not load a causal language model from {folder}: {error}. The folder needs "
+            f"Could not load a causal language model from {folder} ({error}). The folder needs "
             "config.json, tokenizer files and weights, as written by save_pretrained."
         ) from error
     hf_model.eval()

@@ -52,10 +52,17 @@ def test_complete_result_is_skipped(llama_folder, tmp_path):
     assert json_path.stat().st_mtime_ns == first_mtime
 
 
-def test_changed_tasks_recompute(llama_folder, tmp_path):
+def test_other_tasks_need_force(llama_folder, tmp_path):
     run_heads("--model", str(llama_folder), "--tasks", "days", "--out", str(tmp_path))
-    second = run_heads("--model", str(llama_folder), "--tasks", "letters", "--out", str(tmp_path))
-    assert "skipped" not in second.output
+    refused = run_heads("--model", str(llama_folder), "--tasks", "letters", "--out", str(tmp_path))
+    assert refused.exit_code == 1
+    assert "--force" in refused.output
+    json_path = next(tmp_path.glob("*.json"))
+    assert json.loads(json_path.read_text())["job"]["tasks"] == ["days"]
+
+    forced = run_heads("--model", str(llama_folder), "--tasks", "letters", "--out", str(tmp_path), "--force")
+    assert forced.exit_code == 0
+    assert json.loads(json_path.read_text())["job"]["tasks"] == ["letters"]
 
 
 def test_incomplete_result_is_recomputed(llama_folder, tmp_path):

@@ -90,7 +90,8 @@ def steer(
     vector: Path = typer.Option(..., "--vector", help="Steering vector (.safetensors)."),
     strength: float = typer.Option(1.0, "--strength", help="Multiple of the vector's scale to add."),
     prompt: str = typer.Option(..., "--prompt", help="Prompt text."),
-    max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Tokens to generate."),
+    max_new_tokens: int = typer.Option(20, "--max-new-tokens", help="Tokens to generate (each reruns the "
+                                       "whole sequence on models without a working KV cache)."),
 ) -> None:
     """Generate greedily with and without the vector and print both."""
     from analysis.models import ModelLoadError, load_model
@@ -177,6 +178,9 @@ def export(
     from analysis.steering.vector import VectorError
 
     loaded = _load(vector)
+    if fmt in ("safetensors", "torch") and out.suffix != ".safetensors":
+        console.print(f"[yellow]note: the {fmt} export is a safetensors file; name it *.safetensors "
+                      "(torch.load cannot read it)[/yellow]")
     try:
         target = output_path(out_dir, str(out))
         target.parent.mkdir(parents=True, exist_ok=True)

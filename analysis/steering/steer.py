@@ -20,6 +20,7 @@ place when ``run_with_cache`` or ``hooks()`` remove their own.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -277,11 +278,14 @@ def _kv_cache_works(model: TransformerBridge) -> bool:
 
     tokens = torch.tensor([[1, 2, 3, 4]], device=model.cfg.device) % model.cfg.d_vocab
     full = model(tokens, prepend_bos=False)[0, -1]
-    _, past = model(tokens[:, :-1], prepend_bos=False, return_type="logits_and_cache")
-    if past is None:  # TL-native models return no cache at all
-        model._workbench_kv_cache_ok = False
-        return False
-    step, _ = model(tokens[:, -1:], prepend_bos=False, past_key_values=past, return_type="logits_and_cache")
+    with warnings.catch_warnings():
+        # transformers 5.25 warns that `past_key_values` will be renamed; the bridge passes it on.
+        warnings.simplefilter("ignore", FutureWarning)
+        _, past = model(tokens[:, :-1], prepend_bos=False, return_type="logits_and_cache")
+        if past is None:  # TL-native models return no cache at all
+            model._workbench_kv_cache_ok = False
+            return False
+        step, _ = model(tokens[:, -1:], prepend_bos=False, past_key_values=past, return_type="logits_and_cache")
     verdict = bool(torch.allclose(step[0, -1], full, atol=1e-3, rtol=1e-3))
     if not verdict:
         logger.warning("the KV cache of this TransformerLens bridge gives wrong logits for %s; "
