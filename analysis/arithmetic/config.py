@@ -144,7 +144,7 @@ PRESETS: dict[str, RunConfig] = {
         "cpu-3x3",
         ProblemSpec(3, 3, get_format("padded-reversed")),
         ModelConfig(n_layers=3, n_heads=4, d_model=128, d_mlp=512),
-        TrainConfig(steps=12_000, batch_size=128, lr=1e-3, warmup_steps=300, eval_every=500,
+        TrainConfig(steps=20_000, batch_size=128, lr=1e-3, warmup_steps=300, eval_every=500,
                     eval_size=1000, checkpoint_every=1000, test_size=5000),
     ),
     # The budget of the format comparison: same model and steps for every format.
