@@ -6,7 +6,7 @@
   tensor ``direction.N`` per layer. llama.cpp adds ``direction.N`` to the output
   of block N (0-based) and never steers block 0, so ``direction.N`` holds our
   ``blocks.{N}.hook_resid_post`` direction for N >= 1 and layer 0 is dropped.
-  llama.cpp adds the vector without the norm-preserving rescale, so the file holds
+  llama.cpp adds the vector without the norm-preserving rescale, so the file contains
   ``strength * scale * direction`` and is applied with ``--control-vector``.
   repeng writes the same layout, so ``import_gguf`` reads its files too.
 * ``torch``: a safetensors file of ``{"layers.{L}": delta}`` for the Hugging Face

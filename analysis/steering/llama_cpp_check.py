@@ -17,7 +17,7 @@ import numpy as np
 
 
 def load_control_vector_buffer(path: Path, n_layers: int, n_embd: int) -> np.ndarray:
-    """The float32 buffer [n_layers - 1, n_embd] that llama.cpp builds from a control-vector file."""
+    """Return the float32 buffer [n_layers - 1, n_embd] that llama.cpp builds from a control-vector file."""
     import gguf
 
     buffer = np.zeros((n_layers - 1, n_embd), dtype=np.float32)

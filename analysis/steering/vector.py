@@ -1,4 +1,4 @@
-"""``SteeringVector``: one direction per layer plus the metadata that says what it is.
+"""``SteeringVector``: one direction per layer plus the metadata that describes it.
 
 Arithmetic (``a + b``, ``a - b``, ``2.0 * a``, ``a.project_out(b)``) checks that
 both vectors belong to the same model (id and weights fingerprint), hook point
