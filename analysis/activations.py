@@ -107,6 +107,20 @@ def _take(activation: torch.Tensor, hook: str, real: torch.Tensor, positions: st
     return aligned[positions]
 
 
+def pad_batch(
+    token_ids: Sequence[Sequence[int]], pad_id: int = 0, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad rows of token ids to one length on ``side``; return tokens and the attention mask."""
+    length = max(len(ids) for ids in token_ids)
+    tokens = torch.full((len(token_ids), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), length), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        span = slice(0, len(ids)) if side == "right" else slice(length - len(ids), length)
+        tokens[row, span] = torch.tensor(list(ids))
+        mask[row, span] = 1
+    return tokens, mask
+
+
 @torch.no_grad()
 def run_and_collect(
     model: TransformerBridge,
@@ -141,13 +155,7 @@ def run_and_collect(
     batches = range(0, len(token_ids), batch_size)
     for start in tqdm(batches, desc="forward passes", disable=not show_progress, leave=False):
         batch = token_ids[start : start + batch_size]
-        length = max(len(ids) for ids in batch)
-        tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            span = slice(0, len(ids)) if padding_side == "right" else slice(length - len(ids), length)
-            tokens[row, span] = torch.tensor(ids)
-            mask[row, span] = 1
+        tokens, mask = pad_batch(batch, pad_id, padding_side)
 
         cache = capture(model, tokens.to(model.cfg.device), hooks, attention_mask=mask.to(model.cfg.device))
         for row in range(len(batch)):

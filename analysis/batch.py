@@ -59,7 +59,7 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 
 def is_complete(path: Path, job: HeadsJob) -> bool:
-    """Whether ``path`` holds a complete result for the same tasks and methods (``top`` may differ)."""
+    """Return whether ``path`` contains a complete result for the same tasks and methods (``top`` may differ)."""
     data = read_result(path)
     if data is None:
         return False

@@ -87,7 +87,7 @@ def heads(
                 continue
             if existing is not None and not force:
                 # A complete result for other tasks or methods would be lost by overwriting it.
-                console.print(f"[red]{name}: {json_path} holds a complete result for tasks "
+                console.print(f"[red]{name}: {json_path} contains a complete result for tasks "
                               f"{', '.join(existing['job']['tasks'])} and methods "
                               f"{', '.join(existing['job']['methods'])}; pass --force to replace it, "
                               "or use another --out folder.[/red]")

@@ -37,7 +37,7 @@ def prompt_entry(model: TransformerBridge, prompt: str, store: ActivationStore |
 
 
 def prompt_tokens(model: TransformerBridge, entry: StoreEntry) -> list[str]:
-    """The prompt's tokens as the model sees them (BOS included), one string per token."""
+    """Return the prompt's tokens as the model reads them (BOS included), one string per token."""
     return [model.tokenizer.decode([token]) for token in entry.token_ids[0]]
 
 

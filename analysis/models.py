@@ -50,7 +50,7 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a loaded model is and where it came from."""
+    """Identity and source of a loaded model."""
 
     name: str
     source: str  # "embedded-gguf", "gguf", "hf-folder", "hub" or "native"
@@ -210,7 +210,7 @@ def _build_float_cache(gguf_path: Path, folder: Path, fingerprint: str) -> None:
 
     config = hf_model.config
     # A GGUF-derived config has no `architectures` entry, and the bridge picks its
-    # adapter from that entry; the class of the model transformers built is the answer.
+    # adapter from that entry; so it is set to the class of the model transformers built.
     config.architectures = [type(hf_model).__name__]
     if hasattr(config, "quantization_config"):
         del config.quantization_config

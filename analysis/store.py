@@ -147,7 +147,7 @@ def _mmap_tensor(path: Path) -> torch.Tensor:
     start, stop = info["data_offsets"]
     shape = tuple(info["shape"])
     if info["dtype"] not in _NUMPY_DTYPES:
-        raise StoreError(f"{path} holds dtype {info['dtype']}, which the store does not read.")
+        raise StoreError(f"{path} contains dtype {info['dtype']}, which the store cannot read; rebuild the entry.")
     if stop == start:
         return torch.empty(shape, dtype=_dtype_from_tag(info["dtype"]))
     array = np.memmap(path, dtype=_NUMPY_DTYPES[info["dtype"]], mode="c",
@@ -260,7 +260,7 @@ class ActivationStore:
     # -- housekeeping ----------------------------------------------------------
 
     def entries(self) -> list[StoreEntry]:
-        """Every readable entry, most recently used first."""
+        """Return every entry, most recently used first (damaged ones with an empty manifest)."""
         if not self.root.exists():
             return []
         found = []

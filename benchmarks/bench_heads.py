@@ -11,25 +11,15 @@ Usage: python benchmarks/bench_heads.py [--model NAME] [--repeats N]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from analysis.circuits import bos_prefix
+from timing import median_seconds
+
 from analysis.models import DEFAULT_MODEL, load_model
 from analysis.successor import ordinal_sequence, search_heads
 from probes.ordinal import get_tasks, tokenize_task
-
-
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up: first calls allocate buffers
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -11,29 +11,21 @@ Usage: python benchmarks/bench_steering.py [--model NAME] [--pairs K] [--tokens 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from analysis.activations import encode_prompts
+from timing import median_seconds
+
+from analysis.activations import encode_prompts, pad_batch
 from analysis.models import DEFAULT_MODEL, load_model
 from analysis.steering.evaluate import few_shot_prompt, zero_shot_prompt
 from analysis.steering.icv import build_icv
 from analysis.steering.steer import generate
 from analysis.store import ActivationStore
 from probes.demos import load_demos, load_inputs, shipped_demos, shipped_heldout
-
-
-def median_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -51,30 +43,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-steer-") as folder:
         store = ActivationStore(Path(folder) / "store")
-        build = median_time(lambda: build_icv(model, pairs, store=ActivationStore(Path(folder) / f"s{time.time_ns()}"),
-                                              show_progress=False), 1)
+        build = median_seconds(lambda: build_icv(model, pairs, store=ActivationStore(Path(folder) / f"s{time.time_ns()}"),
+                                              show_progress=False), 1, warmup=False)
         vector = build_icv(model, pairs, store=store, show_progress=False)
 
     token_ids = encode_prompts(model, [x for x, _ in pairs] + [y for _, y in pairs])
 
     def bare_forwards() -> None:
         for start in range(0, len(token_ids), 16):
-            batch = token_ids[start : start + 16]
-            width = max(len(ids) for ids in batch)
-            tokens = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                tokens[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
+            tokens, mask = pad_batch(token_ids[start : start + 16])
             model(tokens, attention_mask=mask, prepend_bos=False)
 
-    bare = median_time(bare_forwards, args.repeats)
+    bare = median_seconds(bare_forwards, args.repeats, warmup=False)
 
     zero_shot = zero_shot_prompt(query)
     in_context = few_shot_prompt(query, pairs)
-    unsteered = median_time(lambda: generate(model, zero_shot, args.tokens), args.repeats)
-    steered = median_time(lambda: generate(model, zero_shot, args.tokens, vector=vector, strength=1.0), args.repeats)
-    icl = median_time(lambda: generate(model, in_context, args.tokens), args.repeats)
+    unsteered = median_seconds(lambda: generate(model, zero_shot, args.tokens), args.repeats, warmup=False)
+    steered = median_seconds(lambda: generate(model, zero_shot, args.tokens, vector=vector, strength=1.0), args.repeats, warmup=False)
+    icl = median_seconds(lambda: generate(model, in_context, args.tokens), args.repeats, warmup=False)
     zero_len = len(encode_prompts(model, [zero_shot])[0])
     icl_len = len(encode_prompts(model, [in_context])[0])
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from analysis.activations import cached_activations, encode_prompts
+from analysis.activations import cached_activations, encode_prompts, pad_batch
 from analysis.models import DEFAULT_MODEL, load_model
 from analysis.store import ActivationStore
 
@@ -64,13 +64,7 @@ def main() -> None:
 
     def bare_forward() -> None:
         for start in range(0, len(token_ids), args.batch_size):
-            batch = token_ids[start : start + args.batch_size]
-            length = max(len(ids) for ids in batch)
-            tokens = torch.zeros((len(batch), length), dtype=torch.long)
-            mask = torch.zeros((len(batch), length), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                tokens[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
+            tokens, mask = pad_batch(token_ids[start : start + args.batch_size])
             model(tokens, attention_mask=mask, prepend_bos=False)
 
     with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:

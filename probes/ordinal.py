@@ -61,7 +61,7 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class TokenizedTask:
-    """An ordinal task as one model's tokenizer sees it."""
+    """An ordinal task as tokenized by one model's tokenizer."""
 
     name: str
     items: tuple[str, ...]  # the kept items, in task order

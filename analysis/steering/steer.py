@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from analysis.activations import pad_batch
 from analysis.circuits import bos_prefix, capture
 from analysis.models import model_info
 from analysis.steering.vector import SteeringVector, VectorError
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SteeringState:
-    """Where the current forward pass starts, and which positions were steered (for checks)."""
+    """Offset of the current forward pass and the positions steered so far (for checks)."""
 
     start_position: int = 0
     offset: int = 0  # absolute position of the first token in the current forward pass
@@ -242,12 +243,7 @@ def generate_batch(
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     with model.hooks(fwd_hooks=hooks):
         for _ in range(max_new_tokens):
-            width = max(len(ids) for ids in sequences)
-            tokens = torch.full((len(sequences), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(sequences), width), dtype=torch.long)
-            for row, ids in enumerate(sequences):
-                tokens[row, width - len(ids):] = torch.tensor(ids)
-                mask[row, width - len(ids):] = 1
+            tokens, mask = pad_batch(sequences, pad, side="left")
             next_ids = last_token_logits(model, tokens.to(model.cfg.device), mask.to(model.cfg.device)).argmax(-1)
             for row, token in enumerate(next_ids.tolist()):
                 if not finished[row]:

@@ -89,7 +89,7 @@ class SteeringVector:
         return replace(self, directions=directions, method=method, scale=1.0, demos_hash="", extra={})
 
     def residual(self) -> Tensor:
-        """The direction in residual-stream units: ``scale * directions``."""
+        """Return the direction in residual-stream units: ``scale * directions``."""
         return self.scale * self.directions
 
     def __add__(self, other: "SteeringVector") -> "SteeringVector":
