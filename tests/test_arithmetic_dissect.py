@@ -213,3 +213,20 @@ def test_cli_train_rejects_bad_digits(tmp_path):
     result = runner.invoke(app, ["arith", "train", "--digits", "3by3", "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "3by3" in result.output
+
+
+def test_cli_train_fine_tunes_from_run(trained_run, tmp_path):
+    args = ["arith", "train", "--init-from", str(trained_run), "--preset", "tiny", "--steps", "10",
+            "--batch-size", "8", "--lr", "1e-4", "--min-lr-ratio", "0", "--out", str(tmp_path / "tuned")]
+    result = runner.invoke(app, args)  # the fixture's run has the tiny preset's problem and model
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["train"]["init_from"] == str(trained_run)
+    assert config["train"]["batch_size"] == 8 and config["train"]["min_lr_ratio"] == 0
+
+
+def test_cli_train_rejects_missing_init_run(tmp_path):
+    result = runner.invoke(app, ["arith", "train", "--preset", "tiny", "--init-from", str(tmp_path / "nowhere"),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "nowhere" in result.output and "config.json" in result.output

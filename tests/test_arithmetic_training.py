@@ -163,3 +163,32 @@ def test_unknown_preset_lists_names():
 def test_config_round_trips_through_json():
     config = get_preset("qiu2024")
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_init_from_starts_at_source_weights(tmp_path):
+    # Fine-tuning with zero learning-rate steps must leave the source's weights as they were.
+    source = train(tiny_config(), tmp_path / "source", progress=False)
+    _, source_model = load_run(source.run_dir)
+
+    config = tiny_config(steps=1, warmup_steps=0, lr=1e-12, init_from=str(source.run_dir))
+    tuned = train(config, tmp_path / "tuned", progress=False)
+    _, tuned_model = load_run(tuned.run_dir)
+    for (name, before), after in zip(source_model.state_dict().items(), tuned_model.state_dict().values()):
+        assert torch.allclose(before, after, atol=1e-6), name
+    assert tuned.final.exact_match_greedy == pytest.approx(source.final.exact_match_greedy)
+    assert json.loads((tuned.run_dir / "config.json").read_text())["train"]["init_from"] == str(source.run_dir)
+
+
+def test_init_from_rejects_other_model_or_missing_run(tmp_path):
+    source = train(tiny_config(), tmp_path / "source", progress=False)
+    wider = replace(tiny_config(init_from=str(source.run_dir)), model=ModelConfig(n_layers=1, n_heads=2,
+                                                                                   d_model=64, d_mlp=64))
+    with pytest.raises(ConfigError, match="another model"):
+        train(wider, tmp_path / "wider", progress=False)
+    with pytest.raises(ConfigError, match="no config.json"):
+        train(tiny_config(init_from=str(tmp_path / "nowhere")), tmp_path / "missing", progress=False)
+
+
+def test_min_lr_ratio_must_be_a_fraction():
+    with pytest.raises(ConfigError, match="min_lr_ratio=1.5"):
+        TrainConfig(min_lr_ratio=1.5)

@@ -73,6 +73,14 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the initialisation and the data."),
     stop_at: Optional[float] = typer.Option(None, "--stop-at", help="Stop once greedy exact match on the "
                                             "periodic evaluation reaches this fraction (e.g. 0.995)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from the final "
+                                             "weights of this run folder (same problem and model)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Problems per step (default: the "
+                                             "preset's)."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Steps of linear warm-up."),
+    min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio", help="Final learning rate of the "
+                                                 "cosine schedule as a fraction of --lr (0 decays to zero)."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run in --out and start over."),
     threads: int = typer.Option(1, "--threads", help="Torch intra-op threads."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log evaluations and checkpoints."),
@@ -88,7 +96,9 @@ def train_command(
     try:
         config = get_preset(preset)
         n_a, n_b = _digits(digits)
-        config = config.updated(steps=steps, fmt=get_format(fmt) if fmt else None, n_a=n_a, n_b=n_b, seed=seed)
+        config = config.updated(steps=steps, fmt=get_format(fmt) if fmt else None, n_a=n_a, n_b=n_b, seed=seed,
+                                lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
+                                min_lr_ratio=min_lr_ratio, init_from=str(init_from) if init_from else None)
     except (ConfigError, ArithmeticDataError) as error:
         raise typer.BadParameter(str(error)) from error
     if stop_at is not None and not 0 < stop_at <= 1:

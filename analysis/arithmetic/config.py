@@ -70,6 +70,9 @@ class TrainConfig:
     eval_every: int = 250
     eval_size: int = 500  # problems from the test set used by the periodic evaluation
     checkpoint_every: int = 1000
+    # Run folder whose final weights initialise this run (fine-tuning); None starts
+    # from random weights. The optimiser state is not carried over.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_size", "checkpoint_every", "test_size"):
@@ -78,6 +81,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}={value!r} is invalid; use a positive integer.")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps={self.warmup_steps} is invalid; use 0 or more.")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio={self.min_lr_ratio} is invalid; use a fraction in [0, 1].")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} is invalid; use a positive learning rate.")
         if self.schedule not in ("constant", "cosine"):
@@ -144,8 +149,8 @@ PRESETS: dict[str, RunConfig] = {
         "cpu-3x3",
         ProblemSpec(3, 3, get_format("padded-reversed")),
         ModelConfig(n_layers=3, n_heads=4, d_model=128, d_mlp=512),
-        TrainConfig(steps=20_000, batch_size=128, lr=1e-3, warmup_steps=300, eval_every=500,
-                    eval_size=1000, checkpoint_every=1000, test_size=5000),
+        TrainConfig(steps=20_000, batch_size=128, lr=1e-3, warmup_steps=300, min_lr_ratio=0.0,
+                    eval_every=500, eval_size=1000, checkpoint_every=1000, test_size=5000),
     ),
     # The budget of the format comparison: same model and steps for every format.
     "compare-3x3": _preset(

@@ -84,6 +84,25 @@ def held_out_batch(config: RunConfig, size: int | None = None) -> tuple[TestSet,
     return test_set, make_batch(test_set.a[:count], test_set.b[:count], config.problem)
 
 
+def initial_weights(config: RunConfig) -> dict[str, torch.Tensor]:
+    """Return the final weights of the run ``config.train.init_from``, checking that
+    its problem and model match ``config`` (fine-tuning changes only the training)."""
+    from analysis.arithmetic.checkpoint import CheckpointError, load_run
+
+    source = Path(config.train.init_from)
+    try:
+        source_config, source_model = load_run(source)
+    except (CheckpointError, ConfigError, OSError) as error:
+        raise ConfigError(f"--init-from {source}: {error}") from error
+    for section in ("problem", "model"):
+        if source_config.to_dict()[section] != config.to_dict()[section]:
+            raise ConfigError(
+                f"--init-from {source} has another {section} ({source_config.to_dict()[section]}) than this run "
+                f"({config.to_dict()[section]}); fine-tuning keeps both, so start from a matching run or preset."
+            )
+    return source_model.state_dict()
+
+
 def _check_same_run(run_dir: Path, config: RunConfig) -> None:
     """Raise unless ``config`` matches the run stored in ``run_dir``; ``train.steps`` may differ."""
     stored = read_config(run_dir).to_dict()
@@ -155,6 +174,9 @@ def train(
         logger.info("resuming %s from step %d", run_dir, start_step)
     else:
         metrics_path.unlink(missing_ok=True)
+        if config.train.init_from:
+            model.load_state_dict(initial_weights(config))
+            logger.info("initialised %s from %s", run_dir, config.train.init_from)
 
     steps = config.train.steps
     started = time.perf_counter()
