@@ -9,10 +9,11 @@ both alike, and reports tokens per second from the median step time.
 
 With ``--time-to-accuracy`` it also trains the ``cpu-3x3`` preset until greedy
 exact match on the periodic evaluation reaches 99% and prints the wall time
-(tens of minutes on a laptop CPU).
+(most of an hour on a laptop CPU). ``--from-log RUN`` reads the same number
+from the ``metrics.jsonl`` of a run that was trained anyway, such as a shipped one.
 
 Usage: python benchmarks/bench_arith.py [--preset cpu-3x3] [--steps 30] [--rounds 5]
-                                        [--threads 1] [--time-to-accuracy]
+                                        [--threads 1] [--time-to-accuracy] [--from-log RUN]
 """
 
 from __future__ import annotations
@@ -141,6 +142,25 @@ def time_to_accuracy(preset: str, target: float) -> None:
           f"full test set {result.final.exact_match_greedy:.2%}")
 
 
+def time_from_log(run_dir: str, target: float) -> None:
+    """Print the first logged step and training time whose greedy exact match reaches ``target``."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist; pass a run folder written by `workbench arith train`.")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    reached = next((row for row in rows if row["exact_match_greedy"] >= target), None)
+    if reached is None:
+        best = max(rows, key=lambda row: row["exact_match_greedy"])
+        print(f"{run_dir}: never reached {target:.0%} greedy exact match in {rows[-1]['step']} steps "
+              f"(best {best['exact_match_greedy']:.2%} at step {best['step']})")
+        return
+    print(f"{run_dir}: reached {target:.0%} greedy exact match (periodic evaluation) at step {reached['step']}, "
+          f"{reached['time_s']:.0f} s of training")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu-3x3")
@@ -149,8 +169,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="also train until 99%% greedy exact match and print the wall time (slow)")
+    parser.add_argument("--from-log", metavar="RUN", help="read the time to 99%% from this run's training log "
+                        "instead of measuring throughput")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+
+    if args.from_log:
+        time_from_log(args.from_log, 0.99)
+        return
 
     throughput(args.preset, args.steps, args.rounds)
     if args.time_to_accuracy:
