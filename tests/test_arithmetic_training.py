@@ -117,6 +117,8 @@ def test_train_writes_run_folder(tmp_path):
     final = json.loads((tmp_path / "eval.json").read_text())
     assert final["n_problems"] == 100
     assert final["exact_match_greedy"] == result.final.exact_match_greedy
+    assert final["hardware"]["device"] == "cpu"
+    assert final["hardware"]["torch_threads"] == 1
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"digit_accuracy_greedy_0", "subtask_loss_cascade", "exact_match_teacher_forced"} <= set(row)
 

@@ -22,6 +22,12 @@ def test_page_renders_without_exception(app):
     assert len(app.get("plotly_chart")) >= 4
 
 
+def test_page_states_measured_accuracy(app):
+    summary = [block.value for block in app.markdown if block.value.startswith("Greedy exact match")]
+    assert len(summary) == 1
+    assert "held-out problems" in summary[0]
+
+
 def test_typed_numbers_are_answered(app):
     app.number_input(key="a").set_value(12).run(timeout=120)
     app.number_input(key="b").set_value(34).run(timeout=120)

@@ -144,6 +144,18 @@ def read_config(run_dir: Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(path.read_text()))
 
 
+def read_eval(run_dir: Path | str) -> dict[str, Any] | None:
+    """Return the final evaluation (``eval.json``) of a run, or None if it has not finished."""
+    path = Path(run_dir) / "eval.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); rerun `workbench arith eval --run {run_dir}`.") \
+            from error
+
+
 def list_runs(folder: Path | str = SHIPPED_RUNS) -> list[Path]:
     """Return the run folders directly under ``folder`` (default: the checkpoints shipped in data/arith)."""
     folder = Path(folder)

@@ -229,6 +229,16 @@ def train(
     return finish(config, model, run_dir, step, total_s, stopped_early)
 
 
+def hardware_description(model: torch.nn.Module) -> dict[str, str | int]:
+    """Describe where ``model`` trained, so that a logged time can be compared with another machine's."""
+    import os
+    import platform
+
+    return {"device": str(next(model.parameters()).device), "machine": platform.machine(),
+            "processor": platform.processor() or "unknown", "cpu_count": os.cpu_count() or 0,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
 def finish(config: RunConfig, model: torch.nn.Module, run_dir: Path, step: int, elapsed_s: float,
            stopped_early: bool = False) -> TrainResult:
     """Evaluate on the whole test set and write ``model.safetensors`` and ``eval.json``."""
@@ -236,7 +246,8 @@ def finish(config: RunConfig, model: torch.nn.Module, run_dir: Path, step: int, 
     result = evaluate(model, full_batch, config.problem)
     save_weights(run_dir / "model.safetensors", model, metadata={"step": str(step)})
     atomic_write_json(run_dir / "eval.json", {"step": step, "train_time_s": round(elapsed_s, 1),
-                                              "test_set": "full", **json_safe(result.to_dict())})
+                                              "hardware": hardware_description(model), "test_set": "full",
+                                              **json_safe(result.to_dict())})
     logger.info("finished %s at step %d: greedy exact match %.4f on %d test problems", run_dir, step,
                 result.exact_match_greedy, result.n_problems)
     return TrainResult(run_dir, step, elapsed_s, result, stopped_early)

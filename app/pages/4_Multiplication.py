@@ -48,6 +48,14 @@ spec = config.problem
 format_name = next((name for name, fmt in FORMATS.items() if fmt == spec.format), "custom")
 st.caption(f"{spec.n_a}x{spec.n_b} digits, format {format_name}; "
            f"{config.model.n_layers} layers x {config.model.n_heads} heads, d_model {config.model.d_model}.")
+final = checkpoint.read_eval(run)
+if final is not None:
+    hardware = final.get("hardware", {})
+    where = f" on {hardware['device']} ({hardware['torch_threads']} thread(s))" if hardware else ""
+    source = f", fine-tuned from {Path(config.train.init_from).name}" if config.train.init_from else ""
+    st.markdown(f"Greedy exact match **{final['exact_match_greedy']:.2%}**, teacher-forced "
+                f"{final['exact_match_teacher_forced']:.2%}, on {final['n_problems']:,} held-out problems; "
+                f"step {final['step']:,}, {final['train_time_s'] / 60:.0f} min of training{where}{source}.")
 
 st.header("Learning curves")
 learning = curves.learning_curves(Path(run))
