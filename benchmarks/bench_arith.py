@@ -19,9 +19,11 @@ Usage: python benchmarks/bench_arith.py [--preset cpu-3x3] [--steps 30] [--round
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -142,11 +144,27 @@ def time_to_accuracy(preset: str, target: float) -> None:
           f"full test set {result.final.exact_match_greedy:.2%}")
 
 
-def time_from_log(run_dir: str, target: float) -> None:
-    """Print the first logged step and training time whose greedy exact match reaches ``target``."""
-    import json
-    from pathlib import Path
+def _source_time(run_dir: Path) -> tuple[float, list[str]]:
+    """Return the training time of the runs that ``run_dir`` was fine-tuned from, and their names."""
+    from analysis.arithmetic.checkpoint import read_config, read_eval
 
+    seconds, names = 0.0, []
+    source = read_config(run_dir).train.init_from
+    while source:
+        source_dir = Path(source)
+        final = read_eval(source_dir)
+        if final is None:
+            raise SystemExit(f"{source_dir} (the run that {run_dir} was fine-tuned from) has no eval.json; "
+                             "its training time is unknown.")
+        seconds += final["train_time_s"]
+        names.append(source_dir.name)
+        source = read_config(source_dir).train.init_from
+    return seconds, names
+
+
+def time_from_log(run_dir: str, target: float) -> None:
+    """Print the first logged step and training time whose greedy exact match reaches ``target``,
+    counting the training time of the runs it was fine-tuned from."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise SystemExit(f"{path} does not exist; pass a run folder written by `workbench arith train`.")
@@ -157,8 +175,11 @@ def time_from_log(run_dir: str, target: float) -> None:
         print(f"{run_dir}: never reached {target:.0%} greedy exact match in {rows[-1]['step']} steps "
               f"(best {best['exact_match_greedy']:.2%} at step {best['step']})")
         return
+    before, sources = _source_time(Path(run_dir))
+    chain = f" after {before:.0f} s of training {' <- '.join(sources)}" if sources else ""
     print(f"{run_dir}: reached {target:.0%} greedy exact match (periodic evaluation) at step {reached['step']}, "
-          f"{reached['time_s']:.0f} s of training")
+          f"{reached['time_s']:.0f} s of training{chain}; total {before + reached['time_s']:.0f} s "
+          f"({(before + reached['time_s']) / 60:.0f} min)")
 
 
 def main() -> None:
@@ -169,7 +190,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="also train until 99%% greedy exact match and print the wall time (slow)")
-    parser.add_argument("--from-log", metavar="RUN", help="read the time to 99%% from this run's training log "
+    parser.add_argument("--from-log", metavar="RUN", help="read the time to 99%% from the training log of this run folder "
                         "instead of measuring throughput")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
