@@ -190,7 +190,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help="also train until 99%% greedy exact match and print the wall time (slow)")
-    parser.add_argument("--from-log", metavar="RUN", help="read the time to 99%% from the training log of this run folder "
+    parser.add_argument("--from-log", metavar="RUN",
+                        help="read the time to 99%% from the training log of this run folder "
                         "instead of measuring throughput")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

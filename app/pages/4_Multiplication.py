@@ -60,8 +60,8 @@ if final is not None:
 st.header("Learning curves")
 if config.train.init_from:
     # A fine-tuning run starts from a trained model, so its curves begin near the end.
-    st.info(f"This run was fine-tuned from {Path(config.train.init_from).name}, so its curves start from a trained model. "
-            "Select that run above to see how the digits were learned from random weights.")
+    st.info(f"This run was fine-tuned from {Path(config.train.init_from).name}, so its curves start "
+            "from a trained model. Select that run above to see how the digits were learned from random weights.")
 learning = curves.learning_curves(Path(run))
 st.plotly_chart(curves.learning_curve_figure(learning), key="curves")
 order = curves.learning_order(learning).to_dict()
