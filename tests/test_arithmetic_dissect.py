@@ -230,3 +230,12 @@ def test_cli_train_rejects_missing_init_run(tmp_path):
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "nowhere" in result.output and "config.json" in result.output
+
+
+def test_cli_train_sets_simple_share(tmp_path):
+    args = ["arith", "train", "--preset", "tiny", "--steps", "10", "--simple-share", "0.45",
+            "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["problem"]["simple_share"] == 0.45

@@ -73,6 +73,8 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the initialisation and the data."),
     stop_at: Optional[float] = typer.Option(None, "--stop-at", help="Stop once greedy exact match on the "
                                             "periodic evaluation reaches this fraction (e.g. 0.995)."),
+    simple_share: Optional[float] = typer.Option(None, "--simple-share", help="Fraction of training problems "
+                                                 "whose multiplier is one nonzero digit (0.45 in Qiu et al.)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from the final "
                                              "weights of this run folder (same problem and model)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the preset's)."),
@@ -97,7 +99,7 @@ def train_command(
         config = get_preset(preset)
         n_a, n_b = _digits(digits)
         config = config.updated(steps=steps, fmt=get_format(fmt) if fmt else None, n_a=n_a, n_b=n_b, seed=seed,
-                                lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
+                                simple_share=simple_share, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
                                 min_lr_ratio=min_lr_ratio, init_from=str(init_from) if init_from else None)
     except (ConfigError, ArithmeticDataError) as error:
         raise typer.BadParameter(str(error)) from error

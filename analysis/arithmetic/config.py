@@ -113,9 +113,12 @@ class RunConfig:
             raise ConfigError(f"Run config is missing or has an unknown field: {error}.") from error
 
     def updated(self, *, steps: int | None = None, fmt: ArithFormat | None = None, n_a: int | None = None,
-                n_b: int | None = None, seed: int | None = None, **train_fields: Any) -> "RunConfig":
+                n_b: int | None = None, seed: int | None = None, simple_share: float | None = None,
+                **train_fields: Any) -> "RunConfig":
         """Return a copy with the given overrides (``None`` keeps the current value)."""
         problem = self.problem
+        if simple_share is not None:
+            problem = replace(problem, simple_share=simple_share)
         if fmt is not None:
             problem = replace(problem, format=fmt)
         if n_a is not None or n_b is not None:
