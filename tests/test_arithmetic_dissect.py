@@ -239,3 +239,51 @@ def test_cli_train_sets_simple_share(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["problem"]["simple_share"] == 0.45
+
+
+def test_cli_force_keeps_foreign_folder(tmp_path):
+    folder = tmp_path / "hf-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    (folder / "pytorch_model.bin").write_text("weights")
+    result = runner.invoke(app, ["arith", "train", "--preset", "tiny", "--steps", "2", "--out", str(folder), "--force"])
+    assert result.exit_code != 0
+    assert "not a run folder" in result.output
+    assert (folder / "pytorch_model.bin").read_text() == "weights"
+
+
+def test_cli_rejects_zero_digits(tmp_path):
+    result = runner.invoke(app, ["arith", "train", "--preset", "tiny", "--digits", "0x3", "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_cli_rejects_non_ascii_digits(trained_run):
+    result = runner.invoke(app, ["arith", "eval", "--run", str(trained_run), "--problem", "²*3"])
+    assert result.exit_code == 2
+    assert "digits only" in result.output
+
+
+def test_cli_init_from_takes_source_config(trained_run, tmp_path):
+    # No --preset: the fine-tuned run keeps the source's problem and model, whatever preset made it.
+    result = runner.invoke(app, ["arith", "train", "--init-from", str(trained_run), "--steps", "5",
+                                 "--out", str(tmp_path / "tuned")])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    source = json.loads((trained_run / "config.json").read_text())
+    assert tuned["problem"] == source["problem"]
+    assert tuned["model"] == source["model"]
+    assert tuned["train"]["steps"] == 5
+
+
+def test_cli_dissect_skips_patching_unpadded(tmp_path):
+    run = tmp_path / "plain"
+    train(tiny_config("plain", steps=10), run, progress=False)
+    result = runner.invoke(app, ["arith", "dissect", "--run", str(run), "--problems", "20", "--parts", "attention"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["arith", "dissect", "--run", str(run), "--problems", "20"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())  # rich wraps lines at the terminal width
+    assert "Skipping patching" in output
+    assert "--force recomputes" in output  # attention.json was there already
+    assert not list((run / "dissect").glob("patching_*.json"))

@@ -1,6 +1,8 @@
 """Training, evaluation and checkpoints of multiplication models on tiny configurations."""
 
 import json
+import os
+import signal
 from dataclasses import replace
 
 import pytest
@@ -185,8 +187,9 @@ def test_init_from_rejects_other_model_or_missing_run(tmp_path):
     source = train(tiny_config(), tmp_path / "source", progress=False)
     wider = replace(tiny_config(init_from=str(source.run_dir)), model=ModelConfig(n_layers=1, n_heads=2,
                                                                                    d_model=64, d_mlp=64))
-    with pytest.raises(ConfigError, match="another model"):
+    with pytest.raises(ConfigError, match=r"model.d_model \(32 there, 64 here\)"):
         train(wider, tmp_path / "wider", progress=False)
+    assert not (tmp_path / "wider" / "config.json").exists()  # a rejected source leaves the folder unused
     with pytest.raises(ConfigError, match="no config.json"):
         train(tiny_config(init_from=str(tmp_path / "nowhere")), tmp_path / "missing", progress=False)
 
@@ -194,3 +197,52 @@ def test_init_from_rejects_other_model_or_missing_run(tmp_path):
 def test_min_lr_ratio_must_be_a_fraction():
     with pytest.raises(ConfigError, match="min_lr_ratio=1.5"):
         TrainConfig(min_lr_ratio=1.5)
+
+
+def test_ctrl_c_resume_matches_uninterrupted(tmp_path):
+    # A real SIGINT during an evaluation: the run must stop at a step boundary, and the
+    # resumed run must log the same rows and end with the same weights as one without a stop.
+    config = tiny_config(steps=40, eval_every=5, checkpoint_every=20)
+    whole = train(config, tmp_path / "whole", progress=False)
+
+    def interrupt_at_15(row):
+        if row["step"] == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "cut", progress=False, on_eval=interrupt_at_15)
+    resumed = train(config, tmp_path / "cut", progress=False)
+
+    def rows(run):
+        return [{key: value for key, value in json.loads(line).items() if key != "time_s"}
+                for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(resumed) == rows(whole)
+    _, whole_model = load_run(whole.run_dir)
+    _, resumed_model = load_run(resumed.run_dir)
+    for (name, expected), actual in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(expected, actual), name
+
+
+def test_resume_rejects_fewer_steps(tmp_path):
+    train(tiny_config(steps=20), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="already at step 20, past --steps 10"):
+        train(tiny_config(steps=10), tmp_path, progress=False)
+
+
+def test_train_rejects_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty and is not a run folder"):
+        train(tiny_config(), tmp_path, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="is a file"):
+        train(tiny_config(), tmp_path / "notes.txt", progress=False)
+
+
+def test_run_files_readable_by_group(tmp_path):
+    train(tiny_config(), tmp_path, progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [tmp_path / "model.safetensors", tmp_path / "checkpoint", tmp_path / "checkpoint" / "model.safetensors"]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, path

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from analysis.arithmetic.config import RunConfig
-from analysis.paths import atomic_write_json
+from analysis.paths import atomic_write_json, give_usual_mode
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class TrainerState:
     elapsed_s: float
     optimizer: dict[str, Any]
     sampler_state: torch.Tensor
+    running_loss: tuple[float, int] = (0.0, 0)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -78,6 +79,7 @@ def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | 
     try:
         state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
         save_file(state, tmp, metadata={"format": "pt", **(metadata or {})})
+        give_usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -85,18 +87,25 @@ def save_weights(path: Path, model: torch.nn.Module, metadata: dict[str, str] | 
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    sampler_state: torch.Tensor, step: int, elapsed_s: float) -> Path:
-    """Write a complete resumable checkpoint into ``run_dir/checkpoint`` and return its path."""
+                    sampler_state: torch.Tensor, step: int, elapsed_s: float,
+                    running_loss: tuple[float, int] = (0.0, 0)) -> Path:
+    """Write a complete resumable checkpoint into ``run_dir/checkpoint`` and return its path.
+
+    ``running_loss`` is the sum and count of training losses since the last logged
+    evaluation, so that a resumed run logs the same mean training loss."""
     target = run_dir / CHECKPOINT_DIR
     previous = run_dir / PREVIOUS_CHECKPOINT_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir))
     try:
+        give_usual_mode(tmp, folder=True)
         save_weights(tmp / "model.safetensors", model)
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         tensors["sampler_state"] = sampler_state.clone()
         save_file(tensors, tmp / "trainer.safetensors")
+        give_usual_mode(tmp / "trainer.safetensors")
         atomic_write_json(tmp / "state.json", {"format_version": CHECKPOINT_FORMAT_VERSION, "step": step,
-                                               "elapsed_s": elapsed_s, "param_groups": groups})
+                                               "elapsed_s": elapsed_s, "param_groups": groups,
+                                               "running_loss": list(running_loss)})
         # Two renames: a crash between them leaves the previous checkpoint, which load_checkpoint reads.
         if previous.exists():
             shutil.rmtree(previous)
@@ -132,7 +141,9 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], TrainerState
         raise CheckpointError(f"Checkpoint {folder} has format {state.get('format_version')!r}, "
                               f"expected {CHECKPOINT_FORMAT_VERSION}; retrain or delete it.")
     optimizer = _unflatten_optimizer(tensors, state["param_groups"])
-    return weights, TrainerState(int(state["step"]), float(state["elapsed_s"]), optimizer, tensors["sampler_state"])
+    loss_sum, loss_count = state.get("running_loss", (0.0, 0))  # absent in checkpoints of older runs
+    return weights, TrainerState(int(state["step"]), float(state["elapsed_s"]), optimizer, tensors["sampler_state"],
+                                 (float(loss_sum), int(loss_count)))
 
 
 def read_config(run_dir: Path) -> RunConfig:

@@ -63,8 +63,9 @@ def _print_eval(title: str, result) -> None:
 
 @arith_app.command("train")
 def train_command(
-    preset: str = typer.Option("cpu-3x3", "--preset", help="Named configuration: qiu2024, cpu-3x3, "
-                               "compare-3x3, cpu-4x4 or tiny."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named configuration: qiu2024, cpu-3x3, "
+                                         "compare-3x3, cpu-4x4 or tiny (default: cpu-3x3, or with --init-from "
+                                         "the source run's configuration)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/arith-PRESET)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (default: the preset's)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Data format: plain, reversed, padded, "
@@ -76,7 +77,7 @@ def train_command(
     simple_share: Optional[float] = typer.Option(None, "--simple-share", help="Fraction of training problems "
                                                  "whose multiplier is one nonzero digit (0.45 in Qiu et al.)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from the final "
-                                             "weights of this run folder (same problem and model)."),
+                                             "weights of this finished run folder, with its problem and model."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Problems per step (default: the "
                                              "preset's)."),
@@ -94,24 +95,36 @@ def train_command(
     from analysis.arithmetic.training import train
     from probes.arithmetic import ArithmeticDataError, get_format
 
+    from analysis.arithmetic.checkpoint import CheckpointError, latest_checkpoint, read_config
+
     _setup(verbose, threads)
     try:
-        config = get_preset(preset)
+        if preset is None and init_from is not None:
+            # Fine-tuning keeps the source's problem and model, so its whole configuration is the base.
+            config = read_config(init_from)
+            preset = config.preset
+        else:
+            preset = preset or "cpu-3x3"
+            config = get_preset(preset)
         n_a, n_b = _digits(digits)
         config = config.updated(steps=steps, fmt=get_format(fmt) if fmt else None, n_a=n_a, n_b=n_b, seed=seed,
                                 simple_share=simple_share, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
                                 min_lr_ratio=min_lr_ratio, init_from=str(init_from) if init_from else None)
-    except (ConfigError, ArithmeticDataError) as error:
+    except (ConfigError, ArithmeticDataError, CheckpointError) as error:
         raise typer.BadParameter(str(error)) from error
+    if config.train.warmup_steps >= config.train.steps:
+        console.print(f"[yellow]Warm-up ({config.train.warmup_steps} steps) is not shorter than the run "
+                      f"({config.train.steps} steps), so the learning rate never reaches --lr; "
+                      "pass a smaller --warmup-steps.[/yellow]")
     if stop_at is not None and not 0 < stop_at <= 1:
         raise typer.BadParameter(f"--stop-at {stop_at} is invalid; use a fraction in (0, 1].", param_hint="--stop-at")
 
     run_dir = out or Path("runs") / f"arith-{preset}"
     if force and run_dir.exists():
-        if not (run_dir / "config.json").is_file():
-            raise typer.BadParameter(f"{run_dir} is not a run folder (no config.json); --force deletes only runs.",
-                                     param_hint="--out")
+        _check_deletable(run_dir)
         shutil.rmtree(run_dir)
+    if run_dir.is_dir() and latest_checkpoint(run_dir) is not None:
+        console.print(f"Resuming {run_dir} from its checkpoint.")
     try:
         result = train(config, run_dir, stop_at_exact_match=stop_at)
     except ConfigError as error:
@@ -122,6 +135,28 @@ def train_command(
         raise typer.Exit(code=130)
     _print_eval(f"{run_dir}: step {result.steps}, {result.elapsed_s:.0f} s of training, full test set", result.final)
     console.print(f"Wrote {run_dir}/model.safetensors, eval.json and metrics.jsonl")
+
+
+def _check_deletable(run_dir: Path) -> None:
+    """Raise unless ``run_dir`` is a folder that ``arith train`` wrote, so --force deletes nothing else."""
+    from analysis.arithmetic.checkpoint import CheckpointError, read_config
+    from analysis.arithmetic.config import ConfigError
+
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a folder; --force deletes only run folders.", param_hint="--out")
+    try:
+        read_config(run_dir)
+    except (CheckpointError, ConfigError, ValueError) as error:
+        raise typer.BadParameter(f"{run_dir} is not a run folder ({error}); --force deletes only runs written by "
+                                 "`workbench arith train`.", param_hint="--out") from error
+    expected = {"config.json", "metrics.jsonl", "model.safetensors", "eval.json", "checkpoint",
+                "checkpoint.previous", "dissect"}
+    foreign = sorted(path.name for path in run_dir.iterdir()
+                     if path.name not in expected and not path.name.startswith("."))
+    if foreign:
+        raise typer.BadParameter(f"{run_dir} contains files that `arith train` does not write "
+                                 f"({', '.join(foreign[:5])}); --force deletes only run folders, so move them "
+                                 "or delete the folder yourself.", param_hint="--out")
 
 
 def _load(run: Path):
@@ -151,28 +186,35 @@ def eval_command(
     from probes.arithmetic import ArithmeticDataError
 
     _setup(verbose, threads)
+    if out is not None and out.is_dir():
+        raise typer.BadParameter(f"{out} is a folder; pass a JSON file name such as {out / 'eval.json'}.",
+                                 param_hint="--out")
     config, model = _load(run)
     if problem:
         answers = []
         for text in problem:
             left, sep, right = text.partition("*")
-            if not sep or not left.strip().isdigit() or not right.strip().isdigit():
+            left, right = left.strip(), right.strip()
+            if not sep or not (left + right).isascii() or not left.isdigit() or not right.isdigit():
                 raise typer.BadParameter(f"{text!r} is not of the form A*B with digits only.", param_hint="--problem")
             try:
                 explanation = explain_product(model, config.problem, int(left), int(right))
             except ArithmeticDataError as error:
                 raise typer.BadParameter(str(error), param_hint="--problem") from error
             mark = "[green]correct[/green]" if explanation.correct else f"[red]wrong, expected {explanation.product}[/red]"
-            steps = ", ".join(f"10^{s.place}:{s.token} ({s.probability:.2f})" for s in explanation.steps if s.place >= 0)
+            steps = ", ".join(f"10^{s.place}:{s.token} (p={s.probability:.2f})"
+                              for s in explanation.steps if s.place >= 0)
             console.print(f"{left}*{right} = {explanation.predicted} {mark}   {steps}")
             answers.append(explanation.to_dict())
         if out:
             atomic_write_json(out, json_safe({"run": str(run), "problems": answers}))
+            console.print(f"Wrote {out}")
         return
 
     _, batch = held_out_batch(config)
-    result = evaluate(model, batch, config.problem)
-    carries = accuracy_by_carries(model, config.problem, batch)
+    with console.status(f"Evaluating {run} on {len(batch.a):,} test problems (greedy and teacher-forced)…"):
+        result = evaluate(model, batch, config.problem)
+        carries = accuracy_by_carries(model, config.problem, batch)
     _print_eval(f"{run}: full test set", result)
     table = Table(title="greedy exact match by number of columns receiving a carry")
     table.add_column("carries")
@@ -211,6 +253,13 @@ def dissect_command(
     if problems < 10:
         raise typer.BadParameter(f"--problems {problems} is too few; use at least 10.", param_hint="--problems")
     config, model = _load(run)
+    layout = config.problem.format
+    if parts is None and not (layout.pad_operands and layout.pad_product):
+        chosen.remove("patching")
+        console.print("Skipping patching: it needs every digit at a fixed position, and this run's format "
+                      "does not pad operands and product.")
+    if problems > config.train.test_size:
+        console.print(f"The run has {config.train.test_size:,} test problems; using all of them.")
     folder = out or run / "dissect"
     try:
         written = dissect.run_dissection(run, config, model, folder, chosen, n_problems=problems,
@@ -219,6 +268,8 @@ def dissect_command(
         raise typer.BadParameter(str(error)) from error
     for path, status in written:
         console.print(f"{status:8} {path}")
+    if any(status == "skipped" for _, status in written):
+        console.print("Skipped parts were computed before, possibly with other options; --force recomputes them.")
 
 
 @arith_app.command("compare")
@@ -244,7 +295,11 @@ def compare_command(
         base = get_preset(preset).updated(steps=steps)
     except (ConfigError, ArithmeticDataError) as error:
         raise typer.BadParameter(str(error)) from error
-    rows = compare_formats(base, out, names)
+    try:
+        rows = compare_formats(base, out, names)
+    except ConfigError as error:
+        console.print(f"[red]{error}[/red] (compare keeps one run per format in --out; pass another --out.)")
+        raise typer.Exit(code=1) from error
     table = Table(title=f"{base.problem.n_a}x{base.problem.n_b} digits, {base.train.steps} steps each, "
                         f"{base.train.test_size} test problems")
     for column in ("format", "exact match (greedy)", "exact match (teacher-forced)", "test loss", "train time (s)"):

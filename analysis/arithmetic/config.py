@@ -122,7 +122,8 @@ class RunConfig:
         if fmt is not None:
             problem = replace(problem, format=fmt)
         if n_a is not None or n_b is not None:
-            problem = replace(problem, n_a=n_a or problem.n_a, n_b=n_b or problem.n_b)
+            problem = replace(problem, n_a=problem.n_a if n_a is None else n_a,
+                              n_b=problem.n_b if n_b is None else n_b)
         changes = {key: value for key, value in train_fields.items() if value is not None}
         if steps is not None:
             changes["steps"] = steps

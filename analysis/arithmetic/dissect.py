@@ -57,8 +57,9 @@ def run_dissection(run_dir: Path, config: RunConfig, model: torch.nn.Module, out
     if "curves" in parts and (run_dir / "metrics.jsonl").is_file():
         def curves() -> dict:
             data = learning_curves(run_dir)
+            # Self-contained, so that opening the file loads nothing from the network.
             atomic_write_text(out_dir / "learning_curves.html", learning_curve_figure(data).to_html(
-                include_plotlyjs="cdn", full_html=True))
+                include_plotlyjs=True, full_html=True))
             return {"curves": data.to_dict(), "order": learning_order(data).to_dict()}
         write("curves", curves)
     if "attention" in parts:

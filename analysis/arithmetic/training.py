@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -84,22 +87,49 @@ def held_out_batch(config: RunConfig, size: int | None = None) -> tuple[TestSet,
     return test_set, make_batch(test_set.a[:count], test_set.b[:count], config.problem)
 
 
+@contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Turn Ctrl-C into a flag that the training loop reads between steps.
+
+    A KeyboardInterrupt raised inside a step could land after the sampler drew
+    the batch but before the optimiser stepped, and a checkpoint saved then would
+    not resume the same run. Outside the main thread signals cannot be caught, so
+    there the flag stays False and Ctrl-C behaves as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield lambda: bool(pending)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def initial_weights(config: RunConfig) -> dict[str, torch.Tensor]:
     """Return the final weights of the run ``config.train.init_from``, checking that
     its problem and model match ``config`` (fine-tuning changes only the training)."""
     from analysis.arithmetic.checkpoint import CheckpointError, load_run
 
     source = Path(config.train.init_from)
+    if (source / "config.json").is_file() and not (source / "model.safetensors").is_file():
+        raise ConfigError(f"--init-from {source} has no model.safetensors, so it has not finished; "
+                          "resume it with `workbench arith train --out` first.")
     try:
         source_config, source_model = load_run(source)
     except (CheckpointError, ConfigError, OSError) as error:
         raise ConfigError(f"--init-from {source}: {error}") from error
-    for section in ("problem", "model"):
-        if source_config.to_dict()[section] != config.to_dict()[section]:
-            raise ConfigError(
-                f"--init-from {source} has another {section} ({source_config.to_dict()[section]}) than this run "
-                f"({config.to_dict()[section]}); fine-tuning keeps both, so start from a matching run or preset."
-            )
+    differing = [f"{section}.{key} ({value!r} there, {config.to_dict()[section].get(key)!r} here)"
+                 for section in ("problem", "model")
+                 for key, value in source_config.to_dict()[section].items()
+                 if config.to_dict()[section].get(key) != value]
+    if differing:
+        raise ConfigError(
+            f"--init-from {source} was trained with another problem or model: {'; '.join(differing)}. "
+            f"Fine-tuning changes only the training settings; pass --preset {source_config.preset} "
+            "or leave --preset out to take the source run's problem and model."
+        )
     return source_model.state_dict()
 
 
@@ -147,6 +177,8 @@ def train(
     greedy exact match reaches it. ``on_eval`` receives every logged row.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a folder; pass a new or empty folder as --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / METRICS_FILE
 
@@ -154,7 +186,8 @@ def train(
         if not resume:
             raise ConfigError(f"{run_dir} already contains a run; pass --force to start over or another --out folder.")
         _check_same_run(run_dir, config)
-    atomic_write_json(run_dir / "config.json", config.to_dict())
+    elif any(path.name != ".DS_Store" for path in run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} is not empty and is not a run folder; pass an empty or new --out folder.")
 
     model = build_model(config)
     model.train()
@@ -162,25 +195,32 @@ def train(
     test_set, eval_batch = held_out_batch(config, config.train.eval_size)
     sampler = TrainSampler(config.problem, test_set, seed=config.train.seed + 1)
 
-    start_step, elapsed_before = 0, 0.0
+    start_step, elapsed_before, running = 0, 0.0, (0.0, 0)
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         weights, state = load_checkpoint(checkpoint)
+        if state.step > config.train.steps:
+            raise ConfigError(f"{run_dir} is already at step {state.step}, past --steps {config.train.steps}; "
+                              "pass more steps to go on, or another --out folder for a shorter run.")
         model.load_state_dict(weights)
         optimizer.load_state_dict(state.optimizer)
         sampler.load_state(state.sampler_state)
-        start_step, elapsed_before = state.step, state.elapsed_s
+        start_step, elapsed_before, running = state.step, state.elapsed_s, state.running_loss
+    elif config.train.init_from:
+        # Checked before config.json is written, so a rejected source leaves the folder unused.
+        model.load_state_dict(initial_weights(config))
+        logger.info("initialised %s from %s", run_dir, config.train.init_from)
+
+    atomic_write_json(run_dir / "config.json", config.to_dict())
+    if checkpoint is not None:
         _truncate_metrics(metrics_path, start_step)
         logger.info("resuming %s from step %d", run_dir, start_step)
     else:
         metrics_path.unlink(missing_ok=True)
-        if config.train.init_from:
-            model.load_state_dict(initial_weights(config))
-            logger.info("initialised %s from %s", run_dir, config.train.init_from)
 
     steps = config.train.steps
     started = time.perf_counter()
-    running_loss, running_count, step = 0.0, 0, start_step
+    (running_loss, running_count), step = running, start_step
     stopped_early = False
 
     def elapsed() -> float:
@@ -188,36 +228,40 @@ def train(
 
     bar = tqdm(total=steps, initial=start_step, desc=f"train {run_dir.name}", disable=not progress, unit="step")
     try:
-        while step < steps:
-            lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = train_step(model, optimizer, sampler.sample(config.train.batch_size), config.train.grad_clip)
-            step += 1
-            running_loss += loss
-            running_count += 1
-            bar.update(1)
+        with deferred_interrupt() as interrupted:
+            while step < steps:
+                if interrupted():
+                    raise KeyboardInterrupt
+                lr = learning_rate(config, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = train_step(model, optimizer, sampler.sample(config.train.batch_size), config.train.grad_clip)
+                step += 1
+                running_loss += loss
+                running_count += 1
+                bar.update(1)
 
-            if step % config.train.eval_every == 0 or step == steps:
-                result = evaluate(model, eval_batch, config.problem)
-                row = {"step": step, "time_s": round(elapsed(), 3), "lr": lr,
-                       "train_loss": running_loss / running_count, **result.flat()}
-                with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(json_safe(row)) + "\n")
-                running_loss, running_count = 0.0, 0
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", greedy=f"{result.exact_match_greedy:.3f}")
-                logger.info("step %d: loss %.4f, greedy exact match %.4f", step, row["loss"],
-                            result.exact_match_greedy)
-                if on_eval is not None:
-                    on_eval(row)
-                if stop_at_exact_match is not None and result.exact_match_greedy >= stop_at_exact_match:
-                    stopped_early = True
-                    break
+                if step % config.train.eval_every == 0 or step == steps:
+                    result = evaluate(model, eval_batch, config.problem)
+                    row = {"step": step, "time_s": round(elapsed(), 3), "lr": lr,
+                           "train_loss": running_loss / running_count, **result.flat()}
+                    with metrics_path.open("a") as handle:
+                        handle.write(json.dumps(json_safe(row)) + "\n")
+                    running_loss, running_count = 0.0, 0
+                    bar.set_postfix(train_loss=f"{row['train_loss']:.3f}", greedy=f"{result.exact_match_greedy:.3f}")
+                    logger.info("step %d: test loss %.4f, greedy exact match %.4f", step, row["loss"],
+                                result.exact_match_greedy)
+                    if on_eval is not None:
+                        on_eval(row)
+                    if stop_at_exact_match is not None and result.exact_match_greedy >= stop_at_exact_match:
+                        stopped_early = True
+                        break
 
-            if step % config.train.checkpoint_every == 0:
-                save_checkpoint(run_dir, model, optimizer, sampler.state(), step, elapsed())
+                if step % config.train.checkpoint_every == 0:
+                    save_checkpoint(run_dir, model, optimizer, sampler.state(), step, elapsed(),
+                                    (running_loss, running_count))
     except KeyboardInterrupt:
-        save_checkpoint(run_dir, model, optimizer, sampler.state(), step, elapsed())
+        save_checkpoint(run_dir, model, optimizer, sampler.state(), step, elapsed(), (running_loss, running_count))
         logger.warning("interrupted at step %d; the checkpoint is saved, rerun to resume", step)
         raise
     finally:
