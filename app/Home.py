@@ -27,8 +27,9 @@ st.markdown(
     "A workbench for mechanistic interpretability. Pick a model here, then open a page in the "
     "sidebar: **Successor heads** shows which attention heads map an ordinal item (Monday, 3, "
     "March) to the next one, **Activation explorer** shows one prompt's attention patterns, "
-    "logit lens and per-head logit attribution, and **Steering** builds an in-context vector "
-    "and steers generation with it."
+    "logit lens and per-head logit attribution, **Steering** builds an in-context vector "
+    "and steers generation with it, and **Multiplication** dissects small transformers trained "
+    "on n-digit products, digit by digit."
 )
 
 

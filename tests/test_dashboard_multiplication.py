@@ -4,7 +4,11 @@ and once in a real headless Chromium on 127.0.0.1."""
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
+
+from analysis.arithmetic.training import train
+from arith_helpers import tiny_config
 
 from test_dashboard import CHROMIUM_ARGS, PNG_SIGNATURE, TIMEOUT_S, _stop, _wait_for_health
 from test_dashboard_pages import _chromium_or_skip, _start_server, _wait_until_complete
@@ -26,6 +30,24 @@ def test_page_states_measured_accuracy(app):
     summary = [block.value for block in app.markdown if block.value.startswith("Greedy exact match")]
     assert len(summary) == 1
     assert "held-out problems" in summary[0]
+
+
+def test_typed_run_folder_is_shown(app, tmp_path):
+    # A 2 x 2-digit run the user trained: the page opens it, and the number inputs fit its size.
+    torch.set_num_threads(1)
+    run = tmp_path / "my-run"
+    train(tiny_config(steps=10), run, progress=False)
+    app.text_input(key="arith_run_path").set_value(str(run)).run(timeout=120)
+    assert not app.exception
+    assert app.selectbox[0].value == str(run)
+    assert app.number_input(key="a").value == 99
+    assert any("2x2 digits" in caption.value for caption in app.caption)
+
+
+def test_typed_folder_without_run_is_an_error(app, tmp_path):
+    app.text_input(key="arith_run_path").set_value(str(tmp_path)).run(timeout=120)
+    assert not app.exception
+    assert any("not a run folder" in error.value for error in app.error)
 
 
 def test_typed_numbers_are_answered(app):

@@ -38,11 +38,22 @@ def heatmap(values, x, y, title: str, colorscale: str = "Viridis") -> go.Figure:
     return figure
 
 
-runs = checkpoint.list_runs()
+# The shipped runs, then those `workbench arith train` writes by default (runs/ in the
+# working folder), then one folder the user types.
+runs = [str(path) for folder in (checkpoint.SHIPPED_RUNS, Path("runs")) for path in checkpoint.list_runs(folder)]
+typed = st.text_input("Another run folder (optional)", key="arith_run_path",
+                      help="A folder written by `workbench arith train`, e.g. runs/arith-cpu-3x3.").strip()
+if typed:
+    if (Path(typed) / "config.json").is_file():
+        runs.insert(0, typed)
+    else:
+        st.error(f"{typed} has no config.json, so it is not a run folder; pass a folder written by "
+                 "`workbench arith train`.")
 if not runs:
-    st.error("No trained runs in data/arith. Train one with `workbench arith train --out data/arith/NAME`.")
+    st.error("No trained runs found in data/arith or runs/. Train one with `workbench arith train`.")
     st.stop()
-run = st.selectbox("Run", [str(path) for path in runs], format_func=lambda path: Path(path).name)
+run = st.selectbox("Run", runs, format_func=lambda path: path if Path(path).parent != checkpoint.SHIPPED_RUNS
+                   else Path(path).name)
 config, model = load_run(run)
 spec = config.problem
 format_name = next((name for name, fmt in FORMATS.items() if fmt == spec.format), "custom")
@@ -111,8 +122,8 @@ if patching:
 
 st.header("Try two numbers")
 left, right = st.columns(2)
-a = left.number_input("a", 0, 10**spec.n_a - 1, 123, key="a")
-b = right.number_input("b", 0, 10**spec.n_b - 1, 456, key="b")
+a = left.number_input("a", 0, 10**spec.n_a - 1, min(123, 10**spec.n_a - 1), key="a")
+b = right.number_input("b", 0, 10**spec.n_b - 1, min(456, 10**spec.n_b - 1), key="b")
 explanation = explain_product(model, spec, int(a), int(b))
 verdict = "correct" if explanation.correct else f"wrong (true product {explanation.product})"
 st.subheader(f"{a} x {b} -> {explanation.predicted}: {verdict}")
