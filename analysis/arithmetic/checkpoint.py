@@ -163,8 +163,8 @@ def read_eval(run_dir: Path | str) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}); rerun `workbench arith eval --run {run_dir}`.") \
-            from error
+        raise CheckpointError(f"{path} is not valid JSON ({error}); rerun the `workbench arith train` command "
+                              f"with --out {run_dir} to write it again.") from error
 
 
 def list_runs(folder: Path | str = SHIPPED_RUNS) -> list[Path]:
