@@ -164,7 +164,8 @@ PRESETS: dict[str, RunConfig] = {
         TrainConfig(steps=2000, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=250,
                     eval_size=500, checkpoint_every=500, test_size=2000),
     ),
-    # 4 x 4 digits on a laptop CPU. NOTE: never run; the step count is an estimate.
+    # 4 x 4 digits on a laptop CPU. NOTE: the step count is an estimate. One run
+    # here reached 0% exact match after 9,339 of 24,000 steps (middle digits unlearned).
     "cpu-4x4": _preset(
         "cpu-4x4",
         ProblemSpec(4, 4, get_format("padded-reversed")),
