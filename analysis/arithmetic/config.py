@@ -148,10 +148,11 @@ PRESETS: dict[str, RunConfig] = {
                     warmup_steps=1000, schedule="constant", eval_every=2000, eval_size=1000,
                     checkpoint_every=5000, test_size=5000),
     ),
-    # 3 x 3 digits on a laptop CPU: about 0.6M parameters.
+    # 3 x 3 digits on a laptop CPU: about 0.6M parameters. With seed 0 the same run
+    # without simple problems stalled at 27% exact match (hundreds digit unlearned).
     "cpu-3x3": _preset(
         "cpu-3x3",
-        ProblemSpec(3, 3, get_format("padded-reversed")),
+        ProblemSpec(3, 3, get_format("padded-reversed"), simple_share=0.45),
         ModelConfig(n_layers=3, n_heads=4, d_model=128, d_mlp=512),
         TrainConfig(steps=20_000, batch_size=128, lr=1e-3, warmup_steps=300, min_lr_ratio=0.0,
                     eval_every=500, eval_size=1000, checkpoint_every=1000, test_size=5000),
