@@ -300,10 +300,10 @@ def compare_command(
     except ConfigError as error:
         console.print(f"[red]{error}[/red] (compare keeps one run per format in --out; pass another --out.)")
         raise typer.Exit(code=1) from error
-    table = Table(title=f"{base.problem.n_a}x{base.problem.n_b} digits, {base.train.steps} steps each, "
-                        f"{base.train.test_size} test problems")
-    for column in ("format", "exact match (greedy)", "exact match (teacher-forced)", "test loss", "train time (s)"):
-        table.add_column(column)
+    table = Table(title=f"Exact match by format: {base.problem.n_a}x{base.problem.n_b} digits, "
+                        f"{base.train.steps} steps each, {base.train.test_size} test problems")
+    for column in ("format", "greedy", "teacher-forced", "test loss", "time (s)"):
+        table.add_column(column, no_wrap=column == "format")
     for row in rows:
         table.add_row(row.format, _percent(row.exact_match_greedy), _percent(row.exact_match_teacher_forced),
                       f"{row.test_loss:.4f}", f"{row.train_time_s:.0f}")
