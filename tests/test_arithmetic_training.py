@@ -246,3 +246,10 @@ def test_run_files_readable_by_group(tmp_path):
     for path in [tmp_path / "model.safetensors", tmp_path / "checkpoint", tmp_path / "checkpoint" / "model.safetensors"]:
         expected = (0o777 if path.is_dir() else 0o666) & ~umask
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_init_from_allows_other_simple_share(tmp_path):
+    source = train(tiny_config(), tmp_path / "source", progress=False)
+    config = tiny_config(init_from=str(source.run_dir), steps=5)
+    config = replace(config, problem=replace(config.problem, simple_share=0.45))
+    assert train(config, tmp_path / "tuned", progress=False).steps == 5

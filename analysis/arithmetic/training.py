@@ -109,7 +109,8 @@ def deferred_interrupt() -> Iterator[Callable[[], bool]]:
 
 def initial_weights(config: RunConfig) -> dict[str, torch.Tensor]:
     """Return the final weights of the run ``config.train.init_from``, checking that
-    its problem and model match ``config`` (fine-tuning changes only the training)."""
+    its problem and model match ``config``. Fine-tuning changes only the training,
+    and the share of simple problems counts as training data, so it may differ."""
     from analysis.arithmetic.checkpoint import CheckpointError, load_run
 
     source = Path(config.train.init_from)
@@ -123,7 +124,7 @@ def initial_weights(config: RunConfig) -> dict[str, torch.Tensor]:
     differing = [f"{section}.{key} ({value!r} there, {config.to_dict()[section].get(key)!r} here)"
                  for section in ("problem", "model")
                  for key, value in source_config.to_dict()[section].items()
-                 if config.to_dict()[section].get(key) != value]
+                 if key != "simple_share" and config.to_dict()[section].get(key) != value]
     if differing:
         raise ConfigError(
             f"--init-from {source} was trained with another problem or model: {'; '.join(differing)}. "
