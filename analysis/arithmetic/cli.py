@@ -125,6 +125,11 @@ def train_command(
         shutil.rmtree(run_dir)
     if run_dir.is_dir() and latest_checkpoint(run_dir) is not None:
         console.print(f"Resuming {run_dir} from its checkpoint.")
+        stored_steps = read_config(run_dir).train.steps
+        if stored_steps != config.train.steps:
+            # The cosine schedule is a function of the total, so the learning rate changes from here on.
+            console.print(f"The schedule now spans {config.train.steps} steps instead of {stored_steps}, "
+                          "so the learning rate from here on differs from the first run's.")
     try:
         result = train(config, run_dir, stop_at_exact_match=stop_at)
     except ConfigError as error:
