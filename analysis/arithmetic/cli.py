@@ -37,9 +37,12 @@ def _digits(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     if value is None:
         return None, None
     parts = value.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() for part in parts):
         raise typer.BadParameter(f"{value!r} is not of the form NxM (for example 3x3).", param_hint="--digits")
-    return int(parts[0]), int(parts[1])
+    n_a, n_b = int(parts[0]), int(parts[1])
+    if not (1 <= n_a <= 9 and 1 <= n_b <= 9):
+        raise typer.BadParameter(f"{value!r} is invalid; each operand has 1 to 9 digits.", param_hint="--digits")
+    return n_a, n_b
 
 
 def _percent(value: float) -> str:
@@ -101,7 +104,10 @@ def train_command(
     try:
         if preset is None and init_from is not None:
             # Fine-tuning keeps the source's problem and model, so its whole configuration is the base.
-            config = read_config(init_from)
+            try:
+                config = read_config(init_from)
+            except (CheckpointError, ConfigError) as error:
+                raise ConfigError(f"--init-from {init_from}: {error}") from error
             preset = config.preset
         else:
             preset = preset or "cpu-3x3"
@@ -109,7 +115,8 @@ def train_command(
         n_a, n_b = _digits(digits)
         config = config.updated(steps=steps, fmt=get_format(fmt) if fmt else None, n_a=n_a, n_b=n_b, seed=seed,
                                 simple_share=simple_share, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
-                                min_lr_ratio=min_lr_ratio, init_from=str(init_from) if init_from else None)
+                                min_lr_ratio=min_lr_ratio,
+                                init_from=str(init_from.resolve()) if init_from else None)
     except (ConfigError, ArithmeticDataError, CheckpointError) as error:
         raise typer.BadParameter(str(error)) from error
     if config.train.warmup_steps >= config.train.steps:
@@ -123,7 +130,10 @@ def train_command(
     if force and run_dir.exists():
         _check_deletable(run_dir)
         shutil.rmtree(run_dir)
-    if run_dir.is_dir() and latest_checkpoint(run_dir) is not None:
+    if (run_dir / "eval.json").is_file() and read_config(run_dir).train.steps == config.train.steps:
+        console.print(f"{run_dir} has finished its {config.train.steps} steps; evaluating it again. "
+                      "Pass more --steps to train further.")
+    elif run_dir.is_dir() and latest_checkpoint(run_dir) is not None:
         console.print(f"Resuming {run_dir} from its checkpoint.")
         stored_steps = read_config(run_dir).train.steps
         if stored_steps != config.train.steps:
@@ -284,6 +294,7 @@ def compare_command(
                                 help="Comma-separated formats to train."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per format (default: the preset's)."),
     out: Path = typer.Option(Path("runs/arith-compare"), "--out", help="Folder with one run per format."),
+    force: bool = typer.Option(False, "--force", help="Delete the runs of these formats in --out and start over."),
     threads: int = typer.Option(1, "--threads", help="Torch intra-op threads."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does."),
 ) -> None:
@@ -300,10 +311,18 @@ def compare_command(
         base = get_preset(preset).updated(steps=steps)
     except (ConfigError, ArithmeticDataError) as error:
         raise typer.BadParameter(str(error)) from error
+    if force:
+        import shutil
+
+        for name in names:
+            if (out / name).exists():
+                _check_deletable(out / name)
+                shutil.rmtree(out / name)
     try:
         rows = compare_formats(base, out, names)
     except ConfigError as error:
-        console.print(f"[red]{error}[/red] (compare keeps one run per format in --out; pass another --out.)")
+        # The message ends with the remedies, which are the same for compare: another --out, or --force.
+        console.print(f"[red]{error}[/red]")
         raise typer.Exit(code=1) from error
     table = Table(title=f"Exact match by format: {base.problem.n_a}x{base.problem.n_b} digits, "
                         f"{base.train.steps} steps each, {base.train.test_size} test problems")

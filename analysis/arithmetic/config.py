@@ -109,8 +109,10 @@ class RunConfig:
             train["betas"] = tuple(train["betas"])
             return cls(ProblemSpec.from_dict(data["problem"]), ModelConfig(**data["model"]),
                        TrainConfig(**train), data.get("preset", "custom"))
-        except (KeyError, TypeError) as error:
-            raise ConfigError(f"Run config is missing or has an unknown field: {error}.") from error
+        except KeyError as error:
+            raise ConfigError(f"config.json is not a run config: the field {error} is missing.") from error
+        except TypeError as error:
+            raise ConfigError(f"config.json is not a run config: {error}.") from error
 
     def updated(self, *, steps: int | None = None, fmt: ArithFormat | None = None, n_a: int | None = None,
                 n_b: int | None = None, seed: int | None = None, simple_share: float | None = None,
