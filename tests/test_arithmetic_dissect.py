@@ -287,3 +287,15 @@ def test_cli_dissect_skips_patching_unpadded(tmp_path):
     assert "Skipping patching" in output
     assert "--force recomputes" in output  # attention.json was there already
     assert not list((run / "dissect").glob("patching_*.json"))
+
+
+def test_cli_compare_force_starts_over(tmp_path):
+    first = ["arith", "compare", "--preset", "tiny", "--steps", "10", "--formats", "plain", "--out", str(tmp_path)]
+    assert runner.invoke(app, first).exit_code == 0
+    other = ["arith", "compare", "--preset", "compare-3x3", "--steps", "2", "--formats", "plain", "--out", str(tmp_path)]
+    refused = runner.invoke(app, other)
+    assert refused.exit_code == 1
+    assert "another configuration" in refused.output
+    again = runner.invoke(app, other + ["--force"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["preset"] == "compare-3x3"
