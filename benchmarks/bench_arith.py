@@ -132,8 +132,8 @@ def throughput(preset: str, steps: int, rounds: int) -> None:
 
 
 def time_to_accuracy(preset: str, target: float) -> None:
-    """Train ``preset`` until ``target`` greedy exact match; if its schedule ends below it,
-    fine-tune as the shipped model was (batch 512, lr 3e-4 decaying to 0, uniform problems)."""
+    """Train ``preset`` until ``target`` greedy exact match. If its schedule ends below the target,
+    fine-tune as the shipped model was: batch 512, lr 3e-4 decaying to 0, uniform problems."""
     from analysis.arithmetic.training import train
 
     config = get_preset(preset)

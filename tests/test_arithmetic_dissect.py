@@ -222,14 +222,16 @@ def test_cli_train_fine_tunes_from_run(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert config["train"]["init_from"] == str(trained_run)
-    assert config["train"]["batch_size"] == 8 and config["train"]["min_lr_ratio"] == 0
+    assert config["train"]["batch_size"] == 8
+    assert config["train"]["min_lr_ratio"] == 0
 
 
 def test_cli_train_rejects_missing_init_run(tmp_path):
     result = runner.invoke(app, ["arith", "train", "--preset", "tiny", "--init-from", str(tmp_path / "nowhere"),
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
-    assert "nowhere" in result.output and "config.json" in result.output
+    assert "nowhere" in result.output
+    assert "config.json" in result.output
 
 
 def test_cli_train_sets_simple_share(tmp_path):

@@ -130,12 +130,12 @@ def train_command(
     if force and run_dir.exists():
         _check_deletable(run_dir)
         shutil.rmtree(run_dir)
-    if (run_dir / "eval.json").is_file() and read_config(run_dir).train.steps == config.train.steps:
-        console.print(f"{run_dir} has finished its {config.train.steps} steps; evaluating it again. "
+    stored_steps = read_config(run_dir).train.steps if (run_dir / "config.json").is_file() else None
+    if (run_dir / "eval.json").is_file() and stored_steps == config.train.steps:
+        console.print(f"{run_dir} has finished its {config.train.steps} steps, so it is evaluated again. "
                       "Pass more --steps to train further.")
     elif run_dir.is_dir() and latest_checkpoint(run_dir) is not None:
         console.print(f"Resuming {run_dir} from its checkpoint.")
-        stored_steps = read_config(run_dir).train.steps
         if stored_steps != config.train.steps:
             # The cosine schedule is a function of the total, so the learning rate changes from here on.
             console.print(f"The schedule now spans {config.train.steps} steps instead of {stored_steps}, "

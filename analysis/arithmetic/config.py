@@ -167,9 +167,9 @@ PRESETS: dict[str, RunConfig] = {
         TrainConfig(steps=2000, batch_size=128, lr=1e-3, warmup_steps=200, eval_every=250,
                     eval_size=500, checkpoint_every=500, test_size=2000),
     ),
-    # 4 x 4 digits on a laptop CPU. NOTE: the step count is an estimate. One run
-    # without simple problems reached 0% exact match after 9,339 of 24,000 steps
-    # (middle digits unlearned); the simple problems here are untested on 4 x 4.
+    # 4 x 4 digits on a laptop CPU. NOTE: the step count is an estimate, and the
+    # simple problems are untested on 4 x 4. A run without them was still at 0%
+    # exact match after 9,339 of 24,000 steps, with the middle digits unlearned.
     "cpu-4x4": _preset(
         "cpu-4x4",
         ProblemSpec(4, 4, get_format("padded-reversed"), simple_share=0.45),

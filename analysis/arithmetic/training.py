@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import platform
 import signal
 import threading
 import time
@@ -25,8 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis.arithmetic.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    load_run,
     read_config,
     save_checkpoint,
     save_weights,
@@ -111,8 +115,6 @@ def initial_weights(config: RunConfig) -> dict[str, torch.Tensor]:
     """Return the final weights of the run ``config.train.init_from``, checking that
     its problem and model match ``config``. Fine-tuning changes only the training,
     and the share of simple problems counts as training data, so it may differ."""
-    from analysis.arithmetic.checkpoint import CheckpointError, load_run
-
     source = Path(config.train.init_from)
     if (source / "config.json").is_file() and not (source / "model.safetensors").is_file():
         raise ConfigError(f"--init-from {source} has no model.safetensors, so it has not finished; "
@@ -276,9 +278,6 @@ def train(
 
 def hardware_description(model: torch.nn.Module) -> dict[str, str | int]:
     """Describe where ``model`` trained, so that a logged time can be compared with another machine's."""
-    import os
-    import platform
-
     return {"device": str(next(model.parameters()).device), "machine": platform.machine(),
             "processor": platform.processor() or "unknown", "cpu_count": os.cpu_count() or 0,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
