@@ -10,8 +10,8 @@ from streamlit.testing.v1 import AppTest
 from analysis.arithmetic.training import train
 from arith_helpers import tiny_config
 
-from test_dashboard import CHROMIUM_ARGS, PNG_SIGNATURE, TIMEOUT_S, _stop, _wait_for_health
-from test_dashboard_pages import _chromium_or_skip, _start_server, _wait_until_complete
+from test_dashboard import PNG_SIGNATURE, TIMEOUT_S
+from test_dashboard_pages import _browser_page, _wait_until_complete
 
 PAGE = Path(__file__).resolve().parent.parent / "app" / "pages" / "4_Multiplication.py"
 
@@ -63,39 +63,26 @@ def test_typed_numbers_are_answered(app):
 @pytest.mark.browser
 @pytest.mark.integration
 def test_browser_multiplication_page(tmp_path: Path) -> None:
-    chromium = _chromium_or_skip()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="install the test extra: pip install -e '.[test]'")
     screenshot = tmp_path / "multiplication.png"
-    server, port, log_path = _start_server(tmp_path, tmp_path)
+    with _browser_page(tmp_path, tmp_path, 5000) as (page, port, log_path):
+        page.goto(f"http://127.0.0.1:{port}/Multiplication", timeout=60_000)
+        page.wait_for_selector("[data-testid='stPlotlyChart'] .js-plotly-plot", timeout=TIMEOUT_S * 1000)
+        _wait_until_complete(page, TIMEOUT_S)
 
-    try:
-        _wait_for_health(port, server, log_path, timeout_s=120)
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 5000})
-                page.goto(f"http://127.0.0.1:{port}/Multiplication", timeout=60_000)
-                page.wait_for_selector("[data-testid='stPlotlyChart'] .js-plotly-plot", timeout=TIMEOUT_S * 1000)
-                _wait_until_complete(page, TIMEOUT_S)
+        # Type two numbers as a user would: each Enter reruns the page, which
+        # then names the new problem in its subheader.
+        for label, value, problem in (("a", "12", "12 x 456"), ("b", "34", "12 x 34")):
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+            page.locator("h3", has_text=problem).wait_for(timeout=TIMEOUT_S * 1000)
+        _wait_until_complete(page, TIMEOUT_S)
 
-                # Type two numbers as a user would: each Enter reruns the page, which
-                # then names the new problem in its subheader.
-                for label, value, problem in (("a", "12", "12 x 456"), ("b", "34", "12 x 34")):
-                    field = page.get_by_label(label, exact=True)
-                    field.fill(value)
-                    field.press("Enter")
-                    page.locator("h3", has_text=problem).wait_for(timeout=TIMEOUT_S * 1000)
-                _wait_until_complete(page, TIMEOUT_S)
-
-                plotly_charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").count()
-                exceptions = page.locator("[data-testid='stException']").count()
-                errors = page.locator("[data-testid='stAlertContentError']").count()
-                page_text = page.locator("[data-testid='stMain']").inner_text()
-                page.screenshot(path=str(screenshot), full_page=True)
-            finally:
-                browser.close()
-    finally:
-        _stop(server)
+        plotly_charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").count()
+        exceptions = page.locator("[data-testid='stException']").count()
+        errors = page.locator("[data-testid='stAlertContentError']").count()
+        page_text = page.locator("[data-testid='stMain']").inner_text()
+        page.screenshot(path=str(screenshot), full_page=True)
 
     log_text = log_path.read_text(errors="replace")
     png = screenshot.read_bytes()

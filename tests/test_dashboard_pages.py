@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,25 @@ def _start_server(tmp_path: Path, results_dir: Path) -> tuple[subprocess.Popen, 
     with log_path.open("wb") as log:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     return server, port, log_path
+
+
+@contextmanager
+def _browser_page(tmp_path: Path, results_dir: Path, height: int, **page_options) -> Iterator[tuple]:
+    """Start the dashboard on loopback, open a headless Chromium page on it, and yield
+    ``(page, port, log_path)``. The browser and the server are stopped on exit."""
+    chromium = _chromium_or_skip()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="install the test extra: pip install -e '.[test]'")
+    server, port, log_path = _start_server(tmp_path, results_dir)
+    try:
+        _wait_for_health(port, server, log_path, timeout_s=120)
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            try:
+                yield browser.new_page(viewport={"width": 1400, "height": height}, **page_options), port, log_path
+            finally:
+                browser.close()
+    finally:
+        _stop(server)
 
 
 def _wait_until_complete(page, timeout_s: float) -> None:
@@ -397,29 +418,16 @@ def test_steering_loads_model_once(monkeypatch: pytest.MonkeyPatch, results_dir:
 @pytest.mark.browser
 @pytest.mark.integration
 def test_browser_explorer_page(tmp_path: Path, results_dir: Path) -> None:
-    chromium = _chromium_or_skip()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="install the test extra: pip install -e '.[test]'")
     screenshot = tmp_path / "activation_explorer.png"
-    server, port, log_path = _start_server(tmp_path, results_dir)
-
-    try:
-        _wait_for_health(port, server, log_path, timeout_s=120)
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 4200})
-                page.goto(f"http://127.0.0.1:{port}/{EXPLORER_URL_PATH}", timeout=60_000)
-                page.wait_for_selector("[data-testid='stPlotlyChart'] .js-plotly-plot", timeout=TIMEOUT_S * 1000)
-                _wait_until_complete(page, TIMEOUT_S)
-                plotly_charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").count()
-                exceptions = page.locator("[data-testid='stException']").count()
-                errors = page.locator("[data-testid='stAlertContentError']").count()
-                page_text = page.locator("[data-testid='stMain']").inner_text()
-                page.screenshot(path=str(screenshot), full_page=True)
-            finally:
-                browser.close()
-    finally:
-        _stop(server)
+    with _browser_page(tmp_path, results_dir, 4200) as (page, port, log_path):
+        page.goto(f"http://127.0.0.1:{port}/{EXPLORER_URL_PATH}", timeout=60_000)
+        page.wait_for_selector("[data-testid='stPlotlyChart'] .js-plotly-plot", timeout=TIMEOUT_S * 1000)
+        _wait_until_complete(page, TIMEOUT_S)
+        plotly_charts = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").count()
+        exceptions = page.locator("[data-testid='stException']").count()
+        errors = page.locator("[data-testid='stAlertContentError']").count()
+        page_text = page.locator("[data-testid='stMain']").inner_text()
+        page.screenshot(path=str(screenshot), full_page=True)
 
     log_text = log_path.read_text(errors="replace")
     png = screenshot.read_bytes()
@@ -435,36 +443,23 @@ def test_browser_explorer_page(tmp_path: Path, results_dir: Path) -> None:
 @pytest.mark.browser
 @pytest.mark.integration
 def test_browser_steering_page(tmp_path: Path, results_dir: Path) -> None:
-    chromium = _chromium_or_skip()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="install the test extra: pip install -e '.[test]'")
     screenshot = tmp_path / "steering.png"
     downloaded = tmp_path / "downloaded.safetensors"
-    server, port, log_path = _start_server(tmp_path, results_dir)
-
-    try:
-        _wait_for_health(port, server, log_path, timeout_s=120)
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 4200}, accept_downloads=True)
-                # The URL sets the bound widgets, so the first run builds from 8 pairs and generates 4 tokens.
-                page.goto(f"http://127.0.0.1:{port}/{STEERING_URL_PATH}?steer_pairs=8&steer_new_tokens=4",
-                          timeout=60_000)
-                page.wait_for_selector("[data-testid='stDownloadButton']", timeout=TIMEOUT_S * 1000)
-                _wait_until_complete(page, TIMEOUT_S)
-                outputs = page.locator("[data-testid='stCode']").count()
-                exceptions = page.locator("[data-testid='stException']").count()
-                errors = page.locator("[data-testid='stAlertContentError']").count()
-                page_text = page.locator("[data-testid='stMain']").inner_text()
-                page_url = page.url
-                page.screenshot(path=str(screenshot), full_page=True)
-                with page.expect_download(timeout=60_000) as download:
-                    page.get_by_role("button", name="Download safetensors (workbench)").click()
-                download.value.save_as(downloaded)
-            finally:
-                browser.close()
-    finally:
-        _stop(server)
+    with _browser_page(tmp_path, results_dir, 4200, accept_downloads=True) as (page, port, log_path):
+        # The URL sets the bound widgets, so the first run builds from 8 pairs and generates 4 tokens.
+        page.goto(f"http://127.0.0.1:{port}/{STEERING_URL_PATH}?steer_pairs=8&steer_new_tokens=4",
+                  timeout=60_000)
+        page.wait_for_selector("[data-testid='stDownloadButton']", timeout=TIMEOUT_S * 1000)
+        _wait_until_complete(page, TIMEOUT_S)
+        outputs = page.locator("[data-testid='stCode']").count()
+        exceptions = page.locator("[data-testid='stException']").count()
+        errors = page.locator("[data-testid='stAlertContentError']").count()
+        page_text = page.locator("[data-testid='stMain']").inner_text()
+        page_url = page.url
+        page.screenshot(path=str(screenshot), full_page=True)
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download safetensors (workbench)").click()
+        download.value.save_as(downloaded)
 
     log_text = log_path.read_text(errors="replace")
     png = screenshot.read_bytes()
