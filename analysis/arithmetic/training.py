@@ -123,10 +123,11 @@ def initial_weights(config: RunConfig) -> dict[str, torch.Tensor]:
         source_config, source_model = load_run(source)
     except (CheckpointError, ConfigError, OSError) as error:
         raise ConfigError(f"--init-from {source}: {error}") from error
-    differing = [f"{section}.{key} ({value!r} there, {config.to_dict()[section].get(key)!r} here)"
+    theirs, ours = source_config.to_dict(), config.to_dict()
+    differing = [f"{section}.{key} ({value!r} there, {ours[section].get(key)!r} here)"
                  for section in ("problem", "model")
-                 for key, value in source_config.to_dict()[section].items()
-                 if key != "simple_share" and config.to_dict()[section].get(key) != value]
+                 for key, value in theirs[section].items()
+                 if key != "simple_share" and ours[section].get(key) != value]
     if differing:
         raise ConfigError(
             f"--init-from {source} was trained with another problem or model: {'; '.join(differing)}. "
